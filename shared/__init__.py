@@ -1,0 +1,1 @@
+"""What crosses process boundaries: wire types, Redis names, configuration."""

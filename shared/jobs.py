@@ -1,0 +1,137 @@
+"""Job payloads (API -> worker, through rq) and job results (worker -> API).
+
+A job is one client request with all its inputs: one rq round trip per request, not per input.
+Only JSON crosses Redis; :func:`decode_job` validates what a worker takes off a queue.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingParams(_Wire):
+    """How to pick tokens; OpenAI semantics."""
+
+    #: Completion tokens per choice; None means whatever the context length leaves.
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: Strings that end a choice; they are not part of its text.
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class ChatMessage(_Wire):
+    """A chat turn with its content flattened to text."""
+
+    role: str
+    content: str
+    name: str | None = None
+
+
+class _JobBase(_Wire):
+    job_id: str
+    model: str
+    #: Pub/sub channel of the API process waiting for this job's events.
+    reply_to: str
+    #: Epoch seconds after which nobody waits for the result.
+    deadline: float
+
+
+class GenerateJob(_JobBase):
+    """Chat (``messages``) or completion (``prompts``) generation, ``n`` choices per prompt."""
+
+    type: Literal["generate"] = "generate"
+    stream: bool = False
+    messages: list[ChatMessage] | None = None
+    prompts: list[str] | None = None
+    n: int = 1
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class EmbedJob(_JobBase):
+    """Embed every input."""
+
+    type: Literal["embed"] = "embed"
+    inputs: list[str]
+
+
+class RerankJob(_JobBase):
+    """Score each document against the query."""
+
+    type: Literal["rerank"] = "rerank"
+    query: str
+    documents: list[str]
+
+
+Job = Annotated[GenerateJob | EmbedJob | RerankJob, Field(discriminator="type")]
+
+
+class Usage(_Wire):
+    """Token counts, as OpenAI reports them."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class Choice(_Wire):
+    """One finished choice; ``index`` is ``prompt_index * n + sample_index``."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason
+
+
+class GenerateResult(_Wire):
+    type: Literal["generate"] = "generate"
+    choices: list[Choice]
+    usage: Usage
+
+
+class EmbedResult(_Wire):
+    type: Literal["embed"] = "embed"
+    embeddings: list[list[float]]
+    usage: Usage
+
+
+class RerankResult(_Wire):
+    type: Literal["rerank"] = "rerank"
+    #: One score per document, in document order.
+    scores: list[float]
+    usage: Usage
+
+
+Result = Annotated[GenerateResult | EmbedResult | RerankResult, Field(discriminator="type")]
+
+
+class BadMessage(ValueError):
+    """A payload read from Redis is not a valid modelyard message."""
+
+
+_JOB = TypeAdapter(Job)
+_RESULT = TypeAdapter(Result)
+
+
+def decode_job(payload: Any) -> GenerateJob | EmbedJob | RerankJob:
+    """Validate a job payload taken off a queue."""
+    try:
+        return _JOB.validate_python(payload)
+    except ValidationError as exc:
+        raise BadMessage(f"invalid job payload: {exc}") from exc
+
+
+def decode_result(payload: Any) -> GenerateResult | EmbedResult | RerankResult:
+    """Validate a job result read back from rq."""
+    try:
+        return _RESULT.validate_python(payload)
+    except ValidationError as exc:
+        raise BadMessage(f"invalid job result: {exc}") from exc

@@ -1,0 +1,91 @@
+"""The models file: which models are served, under which names, with which limits."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+
+class ModelKind(str, Enum):
+    """What a model does; decides its endpoints and its worker engine."""
+
+    CHAT = "chat"  # chat completions and completions
+    EMBEDDING = "embedding"
+    RERANK = "rerank"
+
+
+class ModelSpec(BaseModel):
+    """One served model, as written in the models file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="The OpenAI `model` id clients send.")
+    aliases: tuple[str, ...] = ()
+    kind: ModelKind
+    source: str = Field(min_length=1, description="A Hugging Face id or a local path.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    dtype: str = Field("auto", description="auto, float32, float16 or bfloat16.")
+    context_length: PositiveInt | None = Field(
+        None, description="Prompt plus completion tokens (chat) or tokens per input; default from the model."
+    )
+    max_batch_size: PositiveInt = Field(
+        8, description="Jobs one worker process runs at once; also the number of rq slots it registers."
+    )
+    max_batch_tokens: PositiveInt = Field(
+        16384, description="Tokens in one embedding or rerank forward pass."
+    )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name and every alias."""
+        return (self.name, *self.aliases)
+
+
+class ModelsFileError(ValueError):
+    """The models file is missing or invalid."""
+
+
+class ModelCatalog:
+    """Every configured model, looked up by name or alias."""
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self.specs = specs
+        self._by_name: dict[str, ModelSpec] = {}
+        for spec in specs:
+            for name in spec.names:
+                if name in self._by_name:
+                    raise ModelsFileError(f"model name {name!r} is used twice")
+                self._by_name[name] = spec
+
+    def resolve(self, name: str) -> ModelSpec | None:
+        """The model called ``name`` (or aliased so), if any."""
+        return self._by_name.get(name)
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCatalog:
+        """Read a YAML models file; relative local ``source`` paths are taken from the file's folder."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ModelsFileError(f"cannot read models file {path}: {exc}") from exc
+        entries = (raw or {}).get("models") if isinstance(raw, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise ModelsFileError(f"{path}: expected a non-empty `models:` list")
+        specs = []
+        for entry in entries:
+            try:
+                spec = ModelSpec.model_validate(entry)
+            except ValidationError as exc:
+                raise ModelsFileError(f"{path}: invalid model entry {entry!r}: {exc}") from exc
+            local = path.parent / spec.source
+            if spec.source.startswith((".", "/")) or local.exists():
+                spec = spec.model_copy(update={"source": str(local.resolve())})
+            specs.append(spec)
+        return cls(specs)
