@@ -42,9 +42,7 @@ class DoneEvent(_Event):
     """The job finished; ``result`` is None when it was too big for pub/sub (read it from rq)."""
 
     type: Literal["done"] = "done"
-    result: Annotated[
-        GenerateResult | EmbedResult | RerankResult | None, Field(discriminator="type")
-    ] = None
+    result: Annotated[GenerateResult | EmbedResult | RerankResult | None, Field(discriminator="type")] = None
 
 
 class ErrorEvent(_Event):

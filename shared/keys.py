@@ -49,3 +49,8 @@ def reply_channel(api_instance: str) -> str:
 def cancel_key(job_id: str) -> str:
     """Marker set when a job's client went away; a worker checks it before starting the job."""
     return f"{PREFIX}:cancel:{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    """A result too big for pub/sub, kept ``RESULT_TTL_S`` seconds for the API to read."""
+    return f"{PREFIX}:result:{job_id}"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     """What a model does; decides its endpoints and its worker engine."""
 
     CHAT = "chat"  # chat completions and completions

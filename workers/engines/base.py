@@ -75,6 +75,12 @@ class Engine(ABC):
         """Queue a job for the next batch; never blocks on the model."""
 
     @property
+    def alive(self) -> bool:
+        """Whether the engine thread (kept in ``self._thread``) runs; the heartbeat stops when not."""
+        thread = getattr(self, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    @property
     @abstractmethod
     def active(self) -> int:
         """Jobs submitted and not yet done."""

@@ -1,0 +1,1 @@
+"""The HTTP API: OpenAI's wire format in, rq jobs out, results and streams back."""

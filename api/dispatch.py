@@ -1,0 +1,178 @@
+"""Admission, enqueueing and waiting: the path of every job through Redis."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from redis import Redis, RedisError
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from api.fleet import live_worker_count
+from api.replies import Event, ReplyRouter
+from shared import keys
+from shared.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    ServiceUnavailable,
+)
+from shared.events import DoneEvent, ErrorEvent
+from shared.jobs import EmbedJob, GenerateJob, RerankJob, decode_result
+from shared.models import ModelCatalog, ModelKind, ModelSpec
+
+log = logging.getLogger(__name__)
+
+AnyJob = GenerateJob | EmbedJob | RerankJob
+
+#: Seconds a waiting request sleeps between checks that its client is still there.
+_TICK_S = 1.0
+
+#: Retry-After for a model with no live worker: about one worker heartbeat.
+_NO_WORKER_RETRY_S = 5
+
+
+@dataclass
+class Ticket:
+    """A job this process enqueued and is waiting for."""
+
+    job: AnyJob
+    inbox: queue.SimpleQueue[Event]
+
+
+class Dispatcher:
+    """Turns validated requests into rq jobs and their events into results."""
+
+    def __init__(self, redis: Redis, catalog: ModelCatalog, router: ReplyRouter) -> None:
+        self.redis = redis
+        self.catalog = catalog
+        self.router = router
+        self._queues: dict[str, Queue] = {}
+
+    # -- admission -------------------------------------------------------------------------
+    def resolve(self, name: str, kind: ModelKind, param: str = "model") -> ModelSpec:
+        """The model ``name`` if it exists, serves ``kind`` and has a live worker."""
+        spec = self.catalog.resolve(name)
+        if spec is None:
+            raise ModelNotFound(f"The model '{name}' does not exist", param=param)
+        if spec.kind is not kind:
+            raise InvalidRequest(
+                f"The model '{name}' is a {spec.kind.value} model; this endpoint needs a {kind.value} model",
+                param=param,
+                code="model_not_supported",
+            )
+        try:
+            alive = live_worker_count(self.redis, spec.name)
+        except RedisError as exc:
+            raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc
+        if not alive:
+            raise ServiceUnavailable(
+                f"The model '{spec.name}' has no live worker; start one with `bin/worker {spec.name}`",
+                retry_after=_NO_WORKER_RETRY_S,
+            )
+        return spec
+
+    @staticmethod
+    def new_job_id() -> str:
+        return uuid.uuid4().hex
+
+    # -- enqueue ---------------------------------------------------------------------------
+    def submit(self, job: AnyJob) -> Ticket:
+        """Register for the job's events, then enqueue it on its model's queue."""
+        inbox = self.router.register(job.job_id)
+        budget = job.deadline - time.time()
+        try:
+            self._queue(job.model).enqueue(
+                keys.JOB_FUNCTION,
+                payload=job.model_dump(mode="json"),
+                job_id=job.job_id,
+                description=f"{job.type} {job.model}",
+                ttl=max(1, math.ceil(budget)),
+                job_timeout=max(1, math.ceil(budget)) + 5,
+                result_ttl=keys.RESULT_TTL_S,
+                failure_ttl=keys.FAILURE_TTL_S,
+            )
+        except RedisError as exc:
+            self.router.unregister(job.job_id)
+            raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc
+        return Ticket(job=job, inbox=inbox)
+
+    def _queue(self, model: str) -> Queue:
+        if model not in self._queues:
+            self._queues[model] = Queue(
+                keys.queue_name(model), connection=self.redis, serializer=JSONSerializer
+            )
+        return self._queues[model]
+
+    # -- waiting ---------------------------------------------------------------------------
+    def events(self, ticket: Ticket, client_gone: Callable[[], bool]) -> Iterator[Event | None]:
+        """The job's events until a terminal one; ``None`` each idle tick (for keep-alives).
+
+        Raises :class:`DeadlineExceeded` at the deadline (and cancels the job). A client that went
+        away cancels the job and ends the iteration.
+        """
+        while True:
+            remaining = ticket.job.deadline - time.time()
+            if remaining <= 0:
+                self.cancel(ticket.job.job_id)
+                raise DeadlineExceeded("the request's deadline passed before the result was ready")
+            try:
+                event = ticket.inbox.get(timeout=min(_TICK_S, remaining))
+            except queue.Empty:
+                if client_gone():
+                    log.info("client of job %s went away; cancelling it", ticket.job.job_id)
+                    self.cancel(ticket.job.job_id)
+                    return
+                yield None
+                continue
+            yield event
+            if isinstance(event, DoneEvent | ErrorEvent):
+                return
+
+    def result(self, ticket: Ticket, client_gone: Callable[[], bool]):
+        """Wait for the job's result (non-streaming); raises the job's error."""
+        for event in self.events(ticket, client_gone):
+            if isinstance(event, ErrorEvent):
+                raise event.to_error()
+            if isinstance(event, DoneEvent):
+                return self.done_result(event)
+        raise DeadlineExceeded("the client went away")
+
+    def done_result(self, event: DoneEvent):
+        """The result of a done job, from the event or, when it was too big, from Redis."""
+        if event.result is not None:
+            return event.result
+        raw = self.redis.get(keys.result_key(event.job_id))
+        if raw is None:
+            raise InternalError("the job's result expired before it was read")
+        return decode_result(json.loads(raw))
+
+    def close(self, ticket: Ticket) -> None:
+        self.router.unregister(ticket.job.job_id)
+
+    # -- cancellation ----------------------------------------------------------------------
+    def cancel(self, job_id: str) -> None:
+        """Remove the job if it is queued, stop it if it runs; safe to call on a finished job."""
+        try:
+            self.redis.set(keys.cancel_key(job_id), 1, ex=keys.CANCEL_TTL_S)
+            rq_job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+            status = rq_job.get_status()
+            if status == JobStatus.QUEUED:
+                rq_job.cancel()
+            elif status == JobStatus.STARTED:
+                send_stop_job_command(self.redis, job_id, serializer=JSONSerializer)
+        except (NoSuchJobError, InvalidJobOperation):
+            pass
+        except RedisError as exc:
+            log.warning("could not cancel job %s: %s", job_id, exc)

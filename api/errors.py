@@ -1,0 +1,68 @@
+"""One place that turns every exception into OpenAI's error JSON with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from redis import RedisError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelyardError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    error_for_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: ModelyardError):
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _from_http(exc: HTTPException) -> ModelyardError:
+    code = exc.code or 500
+    if code == 404:
+        return NotFound(
+            "unknown route; see /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank"
+        )
+    if code == 405:
+        return MethodNotAllowed(f"method not allowed: {exc.description}")
+    if code == 413:
+        return PayloadTooLarge("the request body is larger than the server accepts")
+    if code == 400:
+        return InvalidRequest(exc.description or "bad request")
+    return error_for_status(code, exc.description or exc.name)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render every error as ``{"error": {message, type, param, code}}``."""
+
+    @app.errorhandler(ModelyardError)
+    def _modelyard(error: ModelyardError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        return error_response(_from_http(exc))
+
+    @app.errorhandler(RedisError)
+    def _redis(exc: RedisError):
+        log.warning("Redis error: %s", exc)
+        return error_response(
+            ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2)
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(error_for_status(500, "internal server error"))

@@ -1,0 +1,67 @@
+"""What every request schema shares."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+#: Largest seed torch accepts, and the bounds OpenAI documents for integer fields.
+INT64_MAX = 2**63 - 1
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: unknown fields are accepted and ignored (clients send extras)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+
+
+#: Names pydantic puts in an error location for the member of a union, not for a field.
+_TYPE_TAGS = {"str", "int", "float", "bool", "bytes", "none", "list", "dict"}
+
+
+def _is_field(part: str | int) -> bool:
+    if isinstance(part, int):
+        return True
+    return part not in _TYPE_TAGS and not part[:1].isupper() and "[" not in part and "-" not in part
+
+
+def parse_body(schema: type[RequestModel], body: Any) -> Any:
+    """Validate a JSON body, raising :class:`InvalidRequest` that names the first bad parameter."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        request = schema.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = ".".join(str(part) for part in first["loc"] if _is_field(part))
+        message = first["msg"]
+        if first["type"] == "missing":
+            raise InvalidRequest(
+                f"missing required parameter: {param!r}", param=param, code="missing_required_parameter"
+            ) from exc
+        raise InvalidRequest(f"invalid value for {param!r}: {message}", param=param) from exc
+    if request.model_extra:
+        log.debug("ignoring unknown parameters: %s", sorted(request.model_extra))
+    return request
+
+
+def reject_unsupported(request: BaseModel, defaults: dict[str, Any]) -> None:
+    """Refuse parameters modelyard does not implement yet, unless they carry their neutral value.
+
+    Silently ignoring e.g. ``tools`` would return something the client did not ask for.
+    """
+    extra = request.model_extra or {}
+    for name, neutral in defaults.items():
+        value = extra.get(name, neutral)
+        if value not in (neutral, None) and value != [] and value != {}:
+            raise InvalidRequest(
+                f"parameter {name!r} is not supported", param=name, code="unsupported_parameter"
+            )
