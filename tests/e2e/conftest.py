@@ -1,0 +1,8 @@
+import openai
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sdk(api_server) -> openai.OpenAI:
+    """The official client against bin/api; no retries, so errors surface as they are."""
+    return openai.OpenAI(base_url=api_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)

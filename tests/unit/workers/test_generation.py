@@ -1,0 +1,530 @@
+"""The generation engine: continuous batching, sampling, stop strings, streaming, failures.
+
+Most tests drive a deterministic fake LM that echoes its prompt (fast); the last ones run the tiny
+random-weight chat checkpoint to check padding, masks and positions against running jobs alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.errors import Cancelled, DeadlineExceeded, InternalError, InvalidRequest, ServiceUnavailable
+from shared.events import DeltaEvent
+from shared.jobs import ChatMessage, GenerateJob, GenerateResult, SamplingParams
+from shared.models import ModelKind, ModelSpec
+from workers.engines.base import Ticket
+from workers.engines.generation import GenerationEngine, _Detokenizer
+from workers.models.fake_lm import FakeLM
+
+WAIT_S = 20.0
+
+
+class ListSink:
+    """An in-memory EventSink: keeps every publish call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, DeltaEvent]]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, messages: list[tuple[str, DeltaEvent]]) -> None:
+        with self._lock:
+            self.calls.append(list(messages))
+
+    def events(self, job_id: str) -> list[DeltaEvent]:
+        with self._lock:
+            return [event for call in self.calls for _, event in call if event.job_id == job_id]
+
+    def text(self, job_id: str, index: int = 0) -> str:
+        return "".join(d.text for e in self.events(job_id) for d in e.deltas if d.index == index)
+
+
+_ids = iter(range(1_000_000))
+
+
+def make_job(
+    *,
+    prompt: str | list[str] | None = None,
+    messages: list[ChatMessage] | None = None,
+    n: int = 1,
+    stream: bool = False,
+    deadline_s: float = 60.0,
+    **sampling: object,
+) -> GenerateJob:
+    sampling.setdefault("temperature", 0.0)
+    return GenerateJob(
+        job_id=f"job-{next(_ids)}",
+        model="m",
+        reply_to="reply",
+        deadline=time.time() + deadline_s,
+        stream=stream,
+        messages=messages,
+        prompts=[prompt] if isinstance(prompt, str) else prompt,
+        n=n,
+        sampling=SamplingParams.model_validate(sampling),
+    )
+
+
+def spec(max_batch_size: int = 4, **kw: object) -> ModelSpec:
+    return ModelSpec(name="m", kind=ModelKind.CHAT, source="fake", max_batch_size=max_batch_size, **kw)
+
+
+def outcome(ticket: Ticket) -> GenerateResult:
+    assert ticket.wait(WAIT_S), "job did not finish"
+    result = ticket.outcome()
+    assert isinstance(result, GenerateResult)
+    return result
+
+
+def wait_for(condition, timeout: float = WAIT_S) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.002)
+
+
+def submit(engine: GenerationEngine, job: GenerateJob) -> Ticket:
+    return engine.submit(job, threading.Event())
+
+
+@pytest.fixture
+def sink() -> ListSink:
+    return ListSink()
+
+
+@pytest.fixture
+def run_engine(sink: ListSink) -> Iterator:
+    """Factory: a started engine over ``lm``; stopped after the test."""
+    engines: list[GenerationEngine] = []
+
+    def make(lm, **spec_kw: object) -> GenerationEngine:
+        engine = GenerationEngine(lm, spec(**spec_kw), sink)
+        engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop()
+
+
+# -- fake LM: scheduling ----------------------------------------------------------------------------
+
+
+def test_second_job_joins_running_batch_and_leaves_first(run_engine) -> None:
+    lm = FakeLM(step_delay=0.004)
+    engine = run_engine(lm)
+    long = submit(engine, make_job(prompt="abcdefg", max_tokens=300))
+    wait_for(lambda: engine.stats()["steps"] >= 5)
+    short = submit(engine, make_job(prompt="xyz", max_tokens=6))
+
+    assert outcome(short).choices[0].text == "xyzxyz"
+    assert not long.done, "the short job waited for the long one"
+    assert engine.stats()["max_running_seen"] == 2
+    steps = [rows for kind, rows in lm.calls if kind == "step"]
+    joined = steps.index(2)
+    assert steps[joined:].count(2) == 5  # one token from prefill, five decode steps together
+    wait_for(lambda: engine.stats()["last_batch_size"] == 1)  # the short one left the batch
+
+    result = outcome(long)
+    assert result.choices[0].text == ("abcdefg" * 50)[:300]
+    assert result.choices[0].finish_reason == "length"
+    assert engine.stats()["running"] == 0
+
+
+def test_running_sequences_are_capped_and_n_choices_have_distinct_indexes(run_engine) -> None:
+    lm = FakeLM(peak=2.0)
+    engine = run_engine(lm, max_batch_size=1)  # at most 4 sequences run at once
+    result = outcome(submit(engine, make_job(prompt="hello", n=6, max_tokens=20, temperature=1.0, seed=3)))
+
+    assert [c.index for c in result.choices] == list(range(6))
+    assert len({c.text for c in result.choices}) == 6  # seed + j: each choice samples its own text
+    assert engine.stats()["max_running_seen"] == 4
+    assert result.usage.prompt_tokens == 5 and result.usage.completion_tokens == 6 * 20
+    assert [rows for kind, rows in lm.calls if kind == "prefill"] == [1, 1]  # the prompt runs once per batch
+
+
+def test_prompts_times_n_choices_keep_their_prompts_apart(run_engine) -> None:
+    engine = run_engine(FakeLM())
+    result = outcome(submit(engine, make_job(prompt=["abc", "Hello", "xy"], n=2, max_tokens=4)))
+
+    texts = [(c.index, c.text) for c in result.choices]
+    hello = "Hello" * 4
+    assert texts == [(0, "abca"), (1, "abca"), (2, hello), (3, hello), (4, "xyxy"), (5, "xyxy")]
+    # "Hello" is one token in the fake: prompt tokens are 3 + 1 + 2, each prompt counted once.
+    assert result.usage.prompt_tokens == 6
+    assert result.usage.completion_tokens == 6 * 4
+    assert result.usage.total_tokens == 30
+
+
+def test_unjoinable_cache_runs_new_jobs_only_on_an_empty_batch(run_engine) -> None:
+    lm = FakeLM(step_delay=0.002, joinable=False)
+    engine = run_engine(lm)
+    first = submit(engine, make_job(prompt="abc", max_tokens=40))
+    wait_for(lambda: engine.stats()["steps"] >= 3)
+    second = submit(engine, make_job(prompt="xyz", max_tokens=5))
+
+    assert outcome(second).choices[0].text == "xyzxy"
+    assert first.done  # it could not join, so it ran after the first
+    assert outcome(first).choices[0].text == ("abc" * 14)[:40]
+    assert engine.stats()["max_running_seen"] == 1
+
+
+def test_seed_reproduces_sampling_and_no_seed_varies(run_engine) -> None:
+    engine = run_engine(FakeLM(peak=1.0))
+    texts = [
+        outcome(submit(engine, make_job(prompt="abc", max_tokens=30, temperature=1.0, seed=11)))
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    streamed = submit(engine, make_job(prompt="abc", max_tokens=30, temperature=1.0, seed=11, stream=True))
+    unseeded = {
+        outcome(submit(engine, make_job(prompt="abc", max_tokens=30, temperature=1.0))).choices[0].text
+        for _ in range(3)
+    }
+    assert texts[0] == texts[1] == outcome(streamed).choices[0].text
+    assert texts[0] != "abc" * 10
+    assert len(unseeded) == 3
+
+
+def test_top_p_near_zero_is_greedy(run_engine) -> None:
+    engine = run_engine(FakeLM(peak=1.2))
+    result = outcome(submit(engine, make_job(prompt="abcd", max_tokens=12, temperature=2.0, top_p=0.0)))
+    assert result.choices[0].text == "abcdabcdabcd"
+
+
+# -- finishing ----------------------------------------------------------------------------------------
+
+
+def test_max_tokens_eos_and_full_context(run_engine) -> None:
+    engine = run_engine(FakeLM(context_length=10))
+    capped = outcome(submit(engine, make_job(prompt="abc", max_tokens=4)))
+    eos = outcome(submit(engine, make_job(prompt="xy<eos>", max_tokens=9)))
+    full = outcome(submit(engine, make_job(prompt="abcdefg")))  # 7 tokens: 3 left
+
+    assert (capped.choices[0].text, capped.choices[0].finish_reason) == ("abca", "length")
+    assert capped.usage.completion_tokens == 4
+    assert (eos.choices[0].text, eos.choices[0].finish_reason) == ("xy", "stop")
+    assert eos.usage.completion_tokens == 3  # the eos token was generated too
+    assert (full.choices[0].text, full.choices[0].finish_reason) == ("abc", "length")
+    assert full.usage.total_tokens == 10
+
+
+def test_prompt_that_fills_the_context_is_refused(run_engine) -> None:
+    engine = run_engine(FakeLM(context_length=10))
+    with pytest.raises(InvalidRequest) as completion:
+        submit(engine, make_job(prompt=["ok", "abcdefghij"]))
+    with pytest.raises(InvalidRequest) as chat:
+        submit(engine, make_job(messages=[ChatMessage(role="user", content="x" * 12)]))
+    with pytest.raises(InvalidRequest) as empty:
+        submit(engine, make_job(prompt=""))
+
+    assert (completion.value.code, completion.value.param) == ("context_length_exceeded", "prompt")
+    assert (chat.value.code, chat.value.param) == ("context_length_exceeded", "messages")
+    assert "10 tokens" in completion.value.message
+    assert empty.value.param == "prompt"
+    assert engine.active == 0
+
+
+def test_model_without_chat_template_refuses_messages(run_engine) -> None:
+    engine = run_engine(FakeLM(chat_template=False))
+    with pytest.raises(InvalidRequest) as exc:
+        submit(engine, make_job(messages=[ChatMessage(role="user", content="hi")]))
+    assert exc.value.param == "messages"
+    assert outcome(submit(engine, make_job(prompt="hi", max_tokens=2))).choices[0].text == "hi"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_across_tokens_is_cut_and_never_streamed(
+    run_engine, sink: ListSink, stream: bool
+) -> None:
+    engine = run_engine(FakeLM())
+    # "Hello" and " world" are single tokens: the stop string starts inside one and ends inside the next.
+    job = make_job(prompt="Hello world", max_tokens=20, stop=["zzz", "lo wor"], stream=stream)
+    result = outcome(submit(engine, job))
+
+    assert (result.choices[0].text, result.choices[0].finish_reason) == ("Hel", "stop")
+    assert result.usage.completion_tokens == 2
+    if stream:
+        assert sink.text(job.job_id) == "Hel"
+    else:
+        assert sink.events(job.job_id) == []
+
+
+def test_earliest_stop_string_wins_and_a_partial_match_is_released(run_engine, sink: ListSink) -> None:
+    engine = run_engine(FakeLM())
+    first = make_job(prompt="abcdef", max_tokens=12, stop=["def", "cd"], stream=True)
+    partial = make_job(prompt="Hello world!", max_tokens=5, stop=["worlds"], stream=True)
+    assert outcome(submit(engine, first)).choices[0].text == "ab"
+    result = outcome(submit(engine, partial))
+
+    assert result.choices[0].text == "Hello world!Hello world"  # " world" held back, then let go
+    assert result.choices[0].finish_reason == "length"
+    assert sink.text(partial.job_id) == result.choices[0].text
+    held = [d.text for e in sink.events(partial.job_id) for d in e.deltas]
+    assert "Hello" in held and " world!" in held  # " world" came out only with the "!" after it
+
+
+# -- streaming --------------------------------------------------------------------------------------
+
+
+def test_stream_deltas_concatenate_to_the_result(run_engine, sink: ListSink) -> None:
+    lm = FakeLM(peak=1.5, step_delay=0.001)
+    engine = run_engine(lm)
+    jobs = [
+        make_job(prompt="Hello world", n=2, max_tokens=15, temperature=1.0, seed=5, stream=True),
+        make_job(prompt="abc<eos>", max_tokens=15, stream=True),
+        make_job(prompt="quiet", max_tokens=15),
+    ]
+    tickets = [submit(engine, job) for job in jobs]
+    results = [outcome(t) for t in tickets]
+
+    for job, result in zip(jobs[:2], results[:2], strict=True):
+        events = sink.events(job.job_id)
+        assert [e.seq for e in events] == list(range(len(events)))
+        for choice in result.choices:
+            deltas = [d for e in events for d in e.deltas if d.index == choice.index]
+            assert "".join(d.text for d in deltas) == choice.text
+            assert [d.finish_reason for d in deltas][-1] == choice.finish_reason
+            assert all(d.finish_reason is None for d in deltas[:-1])
+    assert results[1].choices[0].text == "abc"
+    assert sink.events(jobs[2].job_id) == []
+    for call in sink.calls:  # one publish per step, at most one event per job in it
+        ids = [event.job_id for _, event in call]
+        assert len(ids) == len(set(ids))
+        assert all(channel == "reply" for channel, _ in call)
+
+
+def test_multibyte_characters_are_never_split(run_engine, sink: ListSink) -> None:
+    engine = run_engine(FakeLM())
+    # é is one token, 🙂 is two (half a character each), 中 is three single bytes.
+    job = make_job(prompt="é🙂中", max_tokens=12, stream=True)
+    result = outcome(submit(engine, job))
+
+    assert result.choices[0].text == "é🙂中é🙂中"
+    deltas = [d.text for e in sink.events(job.job_id) for d in e.deltas]
+    assert "".join(deltas) == result.choices[0].text
+    assert not any("\ufffd" in text for text in deltas)
+    assert "🙂" in deltas and "中" in deltas
+
+
+def test_detokenizer_window_stays_short() -> None:
+    lm = FakeLM()
+    detok = _Detokenizer(lm.decode, lm.encode("ab"))
+    ids = lm.encode("Hello é🙂 world " * 300)
+    text = "".join(detok.add(i) for i in ids) + detok.flush()
+    assert text == "Hello é🙂 world " * 300
+    assert len(detok._ids) <= 4
+
+
+def test_thousands_of_tokens_stream_quickly(run_engine, sink: ListSink) -> None:
+    engine = run_engine(FakeLM(context_length=5000))
+    job = make_job(prompt="Hello é🙂 world", max_tokens=3000, stream=True)
+    started = time.monotonic()
+    result = outcome(submit(engine, job))
+    assert time.monotonic() - started < 10
+    assert result.usage.completion_tokens == 3000
+    assert sink.text(job.job_id) == result.choices[0].text
+
+
+# -- cancel, deadline, failures, stop --------------------------------------------------------------
+
+
+def test_cancel_stops_a_long_job_quickly(run_engine) -> None:
+    lm = FakeLM(context_length=100_000, step_delay=0.002)
+    engine = run_engine(lm)
+    cancel = threading.Event()
+    ticket = engine.submit(make_job(prompt="abc", max_tokens=50_000, stream=True), cancel)
+    wait_for(lambda: engine.stats()["steps"] >= 3)
+    cancel.set()
+    assert ticket.wait(2.0)
+    with pytest.raises(Cancelled):
+        ticket.outcome()
+    wait_for(lambda: engine.stats()["running"] == 0)
+    assert engine.stats()["steps"] < 200
+    assert engine.active == 0
+
+
+def test_deadline_fails_running_and_waiting_jobs(run_engine) -> None:
+    engine = run_engine(FakeLM(context_length=100_000, step_delay=0.002))
+    running = submit(engine, make_job(prompt="abc", max_tokens=50_000, deadline_s=0.2))
+    expired = submit(engine, make_job(prompt="abc", deadline_s=-1))
+    for ticket in (running, expired):
+        assert ticket.wait(3.0)
+        with pytest.raises(DeadlineExceeded):
+            ticket.outcome()
+
+
+@pytest.mark.parametrize("where", ["prefill", "step"])
+def test_model_failure_fails_its_jobs_and_the_engine_goes_on(run_engine, where: str) -> None:
+    lm = FakeLM()
+    engine = run_engine(lm)
+    lm.fail_next = where
+    failed = submit(engine, make_job(prompt="abc", max_tokens=5))
+    assert failed.wait(WAIT_S)
+    with pytest.raises(InternalError):
+        failed.outcome()
+    assert outcome(submit(engine, make_job(prompt="abc", max_tokens=5))).choices[0].text == "abcab"
+    assert engine.alive and engine.active == 0
+
+
+def test_failing_sink_fails_streaming_jobs_only(run_engine, sink: ListSink) -> None:
+    def broken(messages) -> None:
+        raise ConnectionError("redis is down")
+
+    sink.publish = broken  # type: ignore[method-assign]
+    engine = run_engine(FakeLM())
+    streaming = submit(engine, make_job(prompt="abc", max_tokens=5, stream=True))
+    plain = submit(engine, make_job(prompt="abc", max_tokens=5))
+    assert streaming.wait(WAIT_S)
+    with pytest.raises(InternalError):
+        streaming.outcome()
+    assert outcome(plain).choices[0].text == "abcab"
+
+
+def test_stop_fails_pending_and_running_jobs(sink: ListSink) -> None:
+    engine = GenerationEngine(FakeLM(context_length=100_000, step_delay=0.002), spec(max_batch_size=1), sink)
+    engine.start()
+    tickets = [submit(engine, make_job(prompt="abc", max_tokens=50_000, n=3)) for _ in range(3)]
+    wait_for(lambda: engine.stats()["steps"] >= 2)
+    engine.stop()
+
+    assert not engine.alive
+    for ticket in tickets:
+        assert ticket.done
+        with pytest.raises(ServiceUnavailable):
+            ticket.outcome()
+    late = submit(engine, make_job(prompt="abc"))
+    with pytest.raises(ServiceUnavailable):
+        late.outcome()
+    assert engine.active == 0
+
+
+# -- the real tiny chat checkpoint --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(default_models_dir: Path):
+    from workers.checkpoints import TINY_CHAT
+    from workers.models.causal_lm import CausalLM
+
+    model_spec = ModelSpec(name="tiny", kind=ModelKind.CHAT, source=str(default_models_dir / TINY_CHAT))
+    return CausalLM.load(model_spec)
+
+
+PROMPTS = [
+    "1 2 3 4",
+    "The cat sat on the mat",
+    "Hello there",
+    "Alice went to Paris yesterday and",
+    "def f(x):",
+]
+
+
+def run_alone(lm, sink: ListSink, job: GenerateJob) -> GenerateResult:
+    engine = GenerationEngine(lm, spec(), sink)
+    engine.start()
+    try:
+        return outcome(submit(engine, job))
+    finally:
+        engine.stop()
+
+
+def test_tiny_chat_template_usage_and_hf_generate_agree(tiny_chat, sink: ListSink) -> None:
+    messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi there")]
+    result = run_alone(tiny_chat, sink, make_job(messages=messages, max_tokens=12))
+
+    tokenizer = tiny_chat.tokenizer
+    rendered = tokenizer.apply_chat_template(
+        [m.model_dump(exclude_none=True) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered.endswith("<|im_start|>assistant\n")
+    prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert result.usage.prompt_tokens == len(prompt_ids)
+    with torch.inference_mode():
+        reference = tiny_chat.model.generate(
+            torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False, pad_token_id=0
+        )[0, len(prompt_ids) :]
+    assert result.usage.completion_tokens == len(reference)
+    assert result.choices[0].text == tokenizer.decode(reference, skip_special_tokens=True)
+    assert result.choices[0].finish_reason == ("stop" if reference[-1] == 2 else "length")
+
+
+def test_tiny_chat_same_seed_same_text_streamed_or_not(tiny_chat, sink: ListSink) -> None:
+    def job(stream: bool, seed: int = 42) -> GenerateJob:
+        return make_job(
+            prompt="The cat", n=2, max_tokens=30, temperature=0.9, top_p=0.95, seed=seed, stream=stream
+        )
+
+    plain = run_alone(tiny_chat, sink, job(False))
+    streamed_job = job(True)
+    streamed = run_alone(tiny_chat, sink, streamed_job)
+    other_seed = run_alone(tiny_chat, sink, job(False, seed=43))
+
+    assert [c.text for c in plain.choices] == [c.text for c in streamed.choices]
+    assert plain.choices[0].text != plain.choices[1].text
+    assert [c.text for c in other_seed.choices] != [c.text for c in plain.choices]
+    for choice in streamed.choices:
+        assert sink.text(streamed_job.job_id, choice.index) == choice.text
+
+
+def test_tiny_chat_batched_greedy_equals_alone(tiny_chat, sink: ListSink) -> None:
+    def jobs() -> list[GenerateJob]:
+        return [make_job(prompt=p, max_tokens=12 + 6 * i) for i, p in enumerate(PROMPTS)]
+
+    alone = [run_alone(tiny_chat, sink, job).choices[0].text for job in jobs()]
+
+    # All at once: one left-padded prefill.
+    engine = GenerationEngine(tiny_chat, spec(), sink)
+    tickets = [submit(engine, job) for job in jobs()]
+    engine.start()
+    together = [outcome(t).choices[0].text for t in tickets]
+    assert engine.stats()["max_running_seen"] == len(PROMPTS)
+    engine.stop()
+
+    # Staggered: each joins a running batch of a different width, others leave.
+    engine = GenerationEngine(tiny_chat, spec(), sink)
+    engine.start()
+    tickets = []
+    for job in jobs():
+        tickets.append(submit(engine, job))
+        wait_for(lambda: engine.stats()["steps"] >= 3 * len(tickets))
+    staggered = [outcome(t).choices[0].text for t in tickets]
+    assert engine.stats()["max_running_seen"] > 1
+    engine.stop()
+
+    assert len(set(alone)) == len(PROMPTS)
+    assert together == alone
+    assert staggered == alone
+
+
+def test_tiny_chat_limits(default_models_dir: Path, sink: ListSink) -> None:
+    from workers.checkpoints import TINY_CHAT
+    from workers.models.causal_lm import CausalLM
+
+    source = str(default_models_dir / TINY_CHAT)
+    lm = CausalLM.load(ModelSpec(name="t", kind=ModelKind.CHAT, source=source, context_length=16))
+    assert lm.context_length == 16 and lm.eos_token_ids == frozenset({2})
+    engine = GenerationEngine(lm, spec(), sink)
+    with pytest.raises(InvalidRequest) as exc:
+        engine.submit(
+            make_job(messages=[ChatMessage(role="user", content="tell me a long story")]), threading.Event()
+        )
+    assert exc.value.code == "context_length_exceeded"
+
+    engine.start()
+    result = outcome(submit(engine, make_job(prompt="Hello there")))
+    engine.stop()
+    assert result.choices[0].finish_reason in ("length", "stop")
+    assert result.usage.total_tokens <= 16
+
+    lm.tokenizer.chat_template = None
+    with pytest.raises(InvalidRequest) as exc:
+        engine.submit(make_job(messages=[ChatMessage(role="user", content="hi")]), threading.Event())
+    assert exc.value.param == "messages"
