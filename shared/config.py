@@ -27,8 +27,6 @@ class Settings(BaseModel):
     heartbeat_ttl: PositiveInt = 10
     #: Largest request body the API reads, in bytes.
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
-    #: Seconds between SSE keep-alive comments on a stream that has nothing to send.
-    stream_keepalive: PositiveFloat = 2.0
     log_level: str = "INFO"
 
     @classmethod

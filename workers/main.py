@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": {spec.name: spec.device for spec in specs},
             "slots": len(slots),
             "busy": rt.running,
+            "engines": {name: engine.stats() for name, engine in engines.items()},
         },
         healthy=lambda: all(engine.alive for engine in engines.values()),
     )

@@ -74,6 +74,10 @@ class Engine(ABC):
     def submit(self, job: AnyJob, cancel: threading.Event) -> Ticket:
         """Queue a job for the next batch; never blocks on the model."""
 
+    @abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Counters (batches, batch sizes, tokens) reported in the worker's heartbeat."""
+
     @property
     def alive(self) -> bool:
         """Whether the engine thread (kept in ``self._thread``) runs; the heartbeat stops when not."""

@@ -1,0 +1,268 @@
+"""A Hugging Face causal LM with its tokenizer, driven step by step with a left-padded KV cache.
+
+Implements :class:`workers.engines.generation.LanguageModel`. A :class:`KVBatch` keeps the cache of
+the sequences decoded together, a 2D attention mask (0 on left padding) and each row's next position,
+so rows of different lengths share one forward pass and give what each would give alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from jinja2 import TemplateError
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
+
+from shared.errors import InvalidRequest
+from shared.jobs import ChatMessage
+from shared.models import ModelSpec
+from workers.models.device import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+#: Context length when neither the models file nor the model config gives one.
+FALLBACK_CONTEXT_LENGTH = 2048
+
+
+def _pad_left(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``t`` with ``size`` zero entries prepended along ``dim``."""
+    if size == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = size
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class KVBatch:
+    """Sequences decoded together: the model's cache, the attention mask and each row's next position.
+
+    The cache is ``[rows, kv_heads, columns, head_dim]`` per layer; ``mask`` is ``[rows, columns]``
+    with 0 on each row's left padding. Rows join by left-padding to a common width; columns that are
+    padding in every row are trimmed after rows leave.
+    """
+
+    def __init__(self, lm: CausalLM, cache: Cache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        self._lm = lm
+        self.cache = cache
+        self.mask = mask
+        self.positions = positions
+        # Only a cache of plain full-attention layers can be padded, merged and trimmed by hand.
+        self._plain = all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def joinable(self) -> bool:
+        """True for plain ``DynamicLayer`` caches; sliding-window and other caches only run alone."""
+        return self._plain
+
+    @torch.inference_mode()
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed one token per row; returns float32 next-token logits ``[rows, vocab]``."""
+        device = self.mask.device
+        ids = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
+        logits = self._lm._forward(ids, self.mask, self.positions.unsqueeze(1), self.cache)
+        self.positions = self.positions + 1
+        return logits
+
+    @torch.inference_mode()
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows``, in that order (repeats copy a row's cache)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        if self._plain:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+        else:
+            self.cache.batch_select_indices(index)
+        self.mask = self.mask.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+        if self._plain:
+            self._trim()
+
+    @torch.inference_mode()
+    def join(self, other: KVBatch) -> None:
+        """Append ``other``'s rows, left-padding the narrower batch to the wider one's columns."""
+        if len(self) and not (self._plain and other._plain):
+            raise ValueError("this model's cache cannot merge batches")
+        if not len(self):
+            self.cache, self.mask, self.positions = other.cache, other.mask, other.positions
+            self._plain = other._plain
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        pad_self, pad_other = width - self.mask.shape[1], width - other.mask.shape[1]
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, 2, pad_self), _pad_left(theirs.keys, 2, pad_other)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, 2, pad_self), _pad_left(theirs.values, 2, pad_other)]
+            )
+        self.mask = torch.cat([_pad_left(self.mask, 1, pad_self), _pad_left(other.mask, 1, pad_other)])
+        self.positions = torch.cat([self.positions, other.positions])
+
+    def _trim(self) -> None:
+        """Drop leading columns that are padding in every row (they only cost attention time)."""
+        if self.mask.shape[0] == 0:
+            return
+        used = self.mask.any(dim=0)
+        first = int(used.int().argmax())  # first column some row attends to
+        if first == 0:
+            return
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, first:]
+            layer.values = layer.values[:, :, first:]
+
+
+class CausalLM:
+    """A loaded causal language model and its tokenizer, ready for :class:`GenerationEngine`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        context_length: int,
+        name: str = "model",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self._context_length = context_length
+        self._device = next(model.parameters()).device
+        self._vocab = len(tokenizer)
+        self._eos = _eos_token_ids(model, tokenizer)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> CausalLM:
+        """Load ``spec.source`` (a local folder or a hub id) on the spec's device and dtype, in eval mode."""
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(spec.source)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype)
+        model.to(device)
+        model.eval()
+        config = model.config.get_text_config()
+        context_length = (
+            spec.context_length or getattr(config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH
+        )
+        # Settles the tokenizer's truncation/padding state now: encoding from several threads is then
+        # read-only on the Rust side (a first call could otherwise reset it while another thread reads).
+        tokenizer("warm up", add_special_tokens=True)
+        lm = cls(model, tokenizer, context_length=context_length, name=spec.name)
+        log.info(
+            "loaded causal LM %s on %s (%s): context %d, eos %s, chat template %s",
+            spec.name,
+            device,
+            dtype,
+            context_length,
+            sorted(lm.eos_token_ids),
+            "yes" if tokenizer.chat_template else "no",
+        )
+        return lm
+
+    # -- tokenizer (called from request threads and the engine thread) --------------------------------
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens, prompt plus completion, one sequence may hold."""
+        return self._context_length
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The tokenizer's eos token and every eos id of the generation config."""
+        return self._eos
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Render the chat template with the assistant's turn opened, then tokenize it."""
+        if not self.tokenizer.chat_template:
+            raise InvalidRequest(
+                f"model {self.name!r} has no chat template; use the completions endpoint",
+                param="messages",
+            )
+        conversation = [m.model_dump(exclude_none=True) for m in messages]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
+        except TemplateError as exc:  # e.g. a template that refuses a system message
+            raise InvalidRequest(f"the chat template rejected the messages: {exc}", param="messages") from exc
+        # The template writes the special tokens it wants (BOS included); do not add them twice.
+        return self._encode(text, add_special_tokens=False)
+
+    def completion_prompt(self, text: str) -> list[int]:
+        """Tokenize a plain prompt; an empty one becomes the BOS (else eos) token, as GPT models expect."""
+        ids = self._encode(text, add_special_tokens=True)
+        if not ids:
+            start = self.tokenizer.bos_token_id
+            if start is None:
+                start = self.tokenizer.eos_token_id
+            ids = [start] if start is not None else []
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` without special tokens."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    # -- model (engine thread only) --------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, KVBatch]:
+        """Run left-padded prompts; returns their next-token logits and their :class:`KVBatch`."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        # Explicit positions: a left-padded row starts at 0 where its tokens start.
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, cache = self._forward_new(ids, mask, positions)
+        lengths = mask.sum(dim=1)
+        return logits, KVBatch(self, cache, mask, lengths)
+
+    def _forward_new(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, Cache]:
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        return self._last_logits(out.logits), out.past_key_values
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache
+    ) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return self._last_logits(out.logits)
+
+    def _last_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        # Embedding matrices are often padded past the tokenizer: never sample an id it cannot decode.
+        return logits[:, -1, : self._vocab].float()
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    return frozenset(ids)

@@ -1,0 +1,74 @@
+"""Query-document relevance with a sentence-transformers CrossEncoder, for the rerank endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from shared.models import ModelSpec
+from workers.models.device import resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+class Reranker:
+    """A loaded one-logit cross-encoder; each (query, document) pair is truncated to :attr:`max_tokens`."""
+
+    def __init__(self, model, max_tokens: int) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        self.model.max_seq_length = max_tokens
+        # Pinned rather than read from the checkpoint, which may save Identity: scores must be in [0, 1].
+        self._activation = torch.nn.Sigmoid()
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> Reranker:
+        """Load ``spec.source`` from local files; the model must have a single output label."""
+        from sentence_transformers import CrossEncoder
+
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        model = CrossEncoder(spec.source, device=device, local_files_only=True, model_kwargs={"dtype": dtype})
+        if model.num_labels != 1:
+            raise ValueError(f"{spec.source}: a reranker needs one output label, not {model.num_labels}")
+        model.eval()
+        max_tokens = model.max_seq_length or spec.context_length
+        if max_tokens is None:
+            raise ValueError(f"{spec.source}: no max sequence length; set context_length in the models file")
+        if spec.context_length is not None:
+            max_tokens = min(max_tokens, spec.context_length)
+        logger.info("loaded rerank model %s on %s (%s): max %s tokens", spec.name, device, dtype, max_tokens)
+        return cls(model, max_tokens)
+
+    def count_tokens(self, query: str, documents: list[str]) -> list[int]:
+        """Tokens each (query, document) pair uses after truncation, special tokens included."""
+        return self.count_pair_tokens([(query, doc) for doc in documents])
+
+    def count_pair_tokens(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """Like :meth:`count_tokens` for pairs that may have different queries."""
+        if not pairs:
+            return []
+        queries, documents = zip(*pairs, strict=True)
+        encoded = self.model.tokenizer(
+            list(queries), list(documents), truncation="longest_first", max_length=self.max_tokens
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def score(self, query: str, documents: list[str]) -> list[float]:
+        """Relevance of each document to ``query`` in [0, 1] (sigmoid of the logit), in document order."""
+        return self.score_pairs([(query, doc) for doc in documents])
+
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Like :meth:`score` for pairs that may have different queries, in one forward pass."""
+        if not pairs:
+            return []
+        with torch.inference_mode():
+            scores = self.model.predict(
+                list(pairs),
+                batch_size=len(pairs),
+                show_progress_bar=False,
+                activation_fn=self._activation,
+                convert_to_numpy=True,
+            )
+        return [float(s) for s in scores.reshape(-1)]
