@@ -49,15 +49,16 @@ def models_file(tmp_path_factory, models_dir: Path) -> Path:
     path.write_text(
         f"""
 models:
-  - {{name: tiny-chat, aliases: [gpt-test], kind: chat, source: "{chat}", context_length: 256, max_batch_size: 4}}
+  - {{name: tiny-chat, aliases: [gpt-test], kind: chat, source: "{chat}", context_length: 256,
+     max_batch_size: 4}}
   - {{name: tiny-chat-spare, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 2}}
   - {{name: ghost, kind: chat, source: "{chat}"}}
   - name: minilm
     aliases: [all-MiniLM-L6-v2, text-embedding-3-small]
     kind: embedding
-    source: "{models_dir / 'all-MiniLM-L6-v2'}"
+    source: "{models_dir / "all-MiniLM-L6-v2"}"
     max_batch_size: 4
-  - {{name: tiny-reranker, kind: rerank, source: "{models_dir / 'tiny-reranker'}", max_batch_size: 4}}
+  - {{name: tiny-reranker, kind: rerank, source: "{models_dir / "tiny-reranker"}", max_batch_size: 4}}
 """
     )
     return path

@@ -57,8 +57,12 @@ def test_model_without_live_worker_is_503_at_once(client):
         (chat_body(n=0), "n"),
         (chat_body(seed=2**80), "seed"),
         (chat_body(stop=[1, 2]), "stop"),
-        (chat_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
-         "messages.0.content.0.type"),
+        (
+            chat_body(
+                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+            ),
+            "messages.0.content.0.type",
+        ),
         (chat_body(logprobs=True), "logprobs"),
         (chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     ],
@@ -100,7 +104,9 @@ def test_body_size_limit_is_413(redis_server, models_file):
 
     app = create_app(Settings(redis_url=redis_server.url, models_file=models_file, max_body_bytes=1000))
     try:
-        response = app.test_client().post(CHAT, json=chat_body(messages=[{"role": "user", "content": "x" * 5000}]))
+        response = app.test_client().post(
+            CHAT, json=chat_body(messages=[{"role": "user", "content": "x" * 5000}])
+        )
         error_of(response, 413)
     finally:
         app.extensions["modelyard"].router.stop()

@@ -16,13 +16,22 @@ def test_rq_dashboard_lists_model_queues_and_workers(api_server, base_env, sdk, 
     sdk.post("/rerank", body={"model": "tiny-reranker", "query": "q", "documents": ["d"]}, cast_to=object)
     port = free_port()
     dashboard = subprocess.Popen(
-        [str(Path(sys.prefix) / "bin" / "rq-dashboard"),
-         "--json", "--bind", "127.0.0.1", "--port", str(port), "--redis-url", base_env["MODELYARD_REDIS_URL"]],
+        [
+            str(Path(sys.prefix) / "bin" / "rq-dashboard"),
+            "--json",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--redis-url",
+            base_env["MODELYARD_REDIS_URL"],
+        ],
         stdout=open(tmp_path / "dashboard.log", "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             try:
                 return requests.get(url + "/0/data/queues.json", timeout=1).status_code == 200

@@ -68,25 +68,31 @@ def test_stop_strings_are_honoured_across_tokens_and_not_returned(sdk):
     assert response.choices[0].message.content == cut
     assert response.choices[0].finish_reason == "stop"
     streamed = "".join(
-        c.choices[0].delta.content or "" for c in sdk.chat.completions.create(stop=stop, stream=True, **kwargs)
+        c.choices[0].delta.content or ""
+        for c in sdk.chat.completions.create(stop=stop, stream=True, **kwargs)
     )
     assert streamed == cut
 
 
 def test_text_content_parts(sdk):
     parts = [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "about Redis."}]
-    a = sdk.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": parts}],
-                                    max_tokens=10, seed=5)
-    b = sdk.chat.completions.create(model="tiny-chat",
-                                    messages=[{"role": "user", "content": "Tell me about Redis."}],
-                                    max_tokens=10, seed=5)
+    a = sdk.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": parts}], max_tokens=10, seed=5
+    )
+    b = sdk.chat.completions.create(
+        model="tiny-chat",
+        messages=[{"role": "user", "content": "Tell me about Redis."}],
+        max_tokens=10,
+        seed=5,
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.usage.prompt_tokens == b.usage.prompt_tokens
 
 
 def test_completions_with_prompt_list_and_n(sdk):
-    response = sdk.completions.create(model="tiny-chat", prompt=["Once upon", "The queue"], max_tokens=6,
-                                      n=2, seed=3)
+    response = sdk.completions.create(
+        model="tiny-chat", prompt=["Once upon", "The queue"], max_tokens=6, n=2, seed=3
+    )
     assert response.object == "text_completion"
     assert sorted(c.index for c in response.choices) == [0, 1, 2, 3]
     stream = sdk.completions.create(model="tiny-chat", prompt="Once upon", max_tokens=6, seed=3, stream=True)
@@ -106,8 +112,11 @@ def test_context_length_exceeded_is_400(sdk):
         sdk.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": long}])
     assert caught.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError):
-        list(sdk.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": long}],
-                                         stream=True))
+        list(
+            sdk.chat.completions.create(
+                model="tiny-chat", messages=[{"role": "user", "content": long}], stream=True
+            )
+        )
 
 
 def test_embeddings_float_and_base64_agree(sdk):
@@ -155,8 +164,12 @@ def test_rerank_over_http(api_server):
     assert body["usage"]["total_tokens"] > 0
     bare = requests.post(
         api_server.url + "/rerank",
-        json={"model": "tiny-reranker", "query": "what is redis", "documents": [{"text": d} for d in docs],
-              "return_documents": False},
+        json={
+            "model": "tiny-reranker",
+            "query": "what is redis",
+            "documents": [{"text": d} for d in docs],
+            "return_documents": False,
+        },
         timeout=30,
     ).json()
     assert len(bare["results"]) == 4 and "document" not in bare["results"][0]

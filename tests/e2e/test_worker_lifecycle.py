@@ -52,12 +52,17 @@ def test_closing_a_stream_stops_generation_on_the_worker(start_worker, sdk, redi
         for _ in range(3):
             next(chunks)
         stream.close()
-        job = Job.fetch(first.id.removeprefix("chatcmpl-"), connection=redis_server.client(),
-                        serializer=JSONSerializer)
+        job = Job.fetch(
+            first.id.removeprefix("chatcmpl-"), connection=redis_server.client(), serializer=JSONSerializer
+        )
         wait_until(lambda: job.get_status(refresh=True) != JobStatus.STARTED, 10, "the job to stop")
         assert job.get_status() == JobStatus.STOPPED
-        wait_until(lambda: engine_stats(redis_server, worker)["running"] == 0, 5, "the engine to go idle",
-                   interval=0.3)
+        wait_until(
+            lambda: engine_stats(redis_server, worker)["running"] == 0,
+            5,
+            "the engine to go idle",
+            interval=0.3,
+        )
         generated = engine_stats(redis_server, worker)["tokens_generated"] - before
         assert generated < 300, f"the worker generated {generated} of 1800 tokens after the client left"
     finally:
@@ -90,10 +95,17 @@ def test_a_non_streaming_client_that_leaves_stops_its_job(start_worker, sdk, red
     try:
         before = engine_stats(redis_server, worker)["tokens_generated"]
         with pytest.raises(requests.ReadTimeout):
-            requests.post(api_server.url + "/v1/chat/completions", timeout=(2, 0.5),
-                          json={"model": SPARE, "messages": PROMPT, "max_tokens": 1800})
-        wait_until(lambda: engine_stats(redis_server, worker)["running"] == 0, 5, "the engine to go idle",
-                   interval=0.3)
+            requests.post(
+                api_server.url + "/v1/chat/completions",
+                timeout=(2, 0.5),
+                json={"model": SPARE, "messages": PROMPT, "max_tokens": 1800},
+            )
+        wait_until(
+            lambda: engine_stats(redis_server, worker)["running"] == 0,
+            5,
+            "the engine to go idle",
+            interval=0.3,
+        )
         generated = engine_stats(redis_server, worker)["tokens_generated"] - before
         assert generated < 1000, f"the worker generated {generated} of 1800 tokens after the client left"
     finally:

@@ -228,7 +228,7 @@ class _Outbox:
         entry[1] = finish_reason or entry[1]
 
 
-def sample(logits: torch.Tensor, seqs: Sequence[_Sequence]) -> list[int]:
+def _sample(logits: torch.Tensor, seqs: Sequence[_Sequence]) -> list[int]:
     """One token per row: greedy at temperature 0, else temperature and top-p with the row's generator."""
     logits = logits.float()
     tokens = logits.argmax(dim=-1).tolist()
@@ -274,7 +274,13 @@ class GenerationEngine(Engine):
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._batch: DecodeBatch | None = None
-        self._stats = {"max_running_seen": 0, "steps": 0, "prefills": 0, "last_batch_size": 0}
+        self._stats = {
+            "max_running_seen": 0,
+            "steps": 0,
+            "prefills": 0,
+            "last_batch_size": 0,
+            "tokens_generated": 0,
+        }
 
     # -- Engine API (any thread) ------------------------------------------------------------------
 
@@ -465,7 +471,7 @@ class GenerationEngine(Engine):
             if rows != list(range(len(prompts))):  # n > 1: one prefill per prompt, copied per choice
                 batch.keep(rows)
                 logits = logits[torch.tensor(rows, device=logits.device)]
-            tokens = sample(logits, chosen)
+            tokens = _sample(logits, chosen)
         except Exception:
             log.exception("prefill of %d prompts failed", len(prompts))
             for req in {seq.request: None for seq in chosen}:
@@ -493,7 +499,7 @@ class GenerationEngine(Engine):
         seqs = self._running
         try:
             logits = self._batch.step([seq.last_token for seq in seqs])
-            tokens = sample(logits, seqs)
+            tokens = _sample(logits, seqs)
         except Exception:
             log.exception("decode step of %d sequences failed", len(seqs))
             self._fail_running(out, "the model failed during generation")
@@ -508,6 +514,7 @@ class GenerationEngine(Engine):
         if not seq.alive:
             return
         seq.generated += 1
+        self._stats["tokens_generated"] += 1
         seq.last_token = token
         finish: FinishReason | None = None
         if token in self._lm.eos_token_ids:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from shared.models import ModelSpec
 from workers.models.device import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +24,7 @@ class Embedder:
     servers for local models commonly do; :meth:`count_tokens` reports the tokens actually used.
     """
 
-    def __init__(self, model, max_tokens: int) -> None:
+    def __init__(self, model: SentenceTransformer, max_tokens: int) -> None:
         self.model = model
         self.max_tokens = max_tokens
         # The tokenizer truncates to model_max_length; keep it equal to what we promise.

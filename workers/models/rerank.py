@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from shared.models import ModelSpec
 from workers.models.device import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +19,7 @@ logger = logging.getLogger(__name__)
 class Reranker:
     """A loaded one-logit cross-encoder; each (query, document) pair is truncated to :attr:`max_tokens`."""
 
-    def __init__(self, model, max_tokens: int) -> None:
+    def __init__(self, model: CrossEncoder, max_tokens: int) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.model.max_seq_length = max_tokens

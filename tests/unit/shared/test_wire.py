@@ -27,8 +27,12 @@ def test_error_event_keeps_status_and_fields():
     error = InvalidRequest("too long", param="messages", code="context_length_exceeded")
     back = decode_event(encode_event(ErrorEvent.from_error("j", error))).to_error()
     assert isinstance(back, InvalidRequest)
-    assert (back.status, back.param, back.code, back.message) == (400, "messages", "context_length_exceeded",
-                                                                  "too long")
+    assert (back.status, back.param, back.code, back.message) == (
+        400,
+        "messages",
+        "context_length_exceeded",
+        "too long",
+    )
     assert isinstance(error_for_status(504, "late"), DeadlineExceeded)
     assert error_for_status(429, "full", retry_after=3).retry_after == 3
     assert isinstance(error_for_status(429, "full"), RateLimited)
@@ -40,23 +44,31 @@ def test_bad_messages_are_refused():
     with pytest.raises(BadMessage):
         decode_job({"type": "embed", "job_id": "a"})
     with pytest.raises(BadMessage):
-        decode_job({"type": "shell", "job_id": "a", "model": "m", "reply_to": "c", "deadline": 1, "cmd": "rm"})
+        decode_job(
+            {"type": "shell", "job_id": "a", "model": "m", "reply_to": "c", "deadline": 1, "cmd": "rm"}
+        )
 
 
 def test_settings_from_env():
-    settings = Settings.from_env({"REDIS_URL": "redis://h:1/2", "MODELYARD_API_KEYS": " a, b ,",
-                                  "MODELYARD_REQUEST_TIMEOUT": "7.5"})
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://h:1/2", "MODELYARD_API_KEYS": " a, b ,", "MODELYARD_REQUEST_TIMEOUT": "7.5"}
+    )
     assert settings.redis_url == "redis://h:1/2"
     assert settings.api_keys == ("a", "b")
     assert settings.request_timeout == 7.5
-    assert Settings.from_env({"MODELYARD_REDIS_URL": "redis://x", "REDIS_URL": "redis://y"}).redis_url == "redis://x"
+    assert (
+        Settings.from_env({"MODELYARD_REDIS_URL": "redis://x", "REDIS_URL": "redis://y"}).redis_url
+        == "redis://x"
+    )
 
 
 def test_models_file(tmp_path):
     (tmp_path / "m").mkdir()
     path = tmp_path / "models.yaml"
-    path.write_text("models:\n  - {name: a, aliases: [b], kind: chat, source: m}\n"
-                    "  - {name: e, kind: embedding, source: org/hub-id}\n")
+    path.write_text(
+        "models:\n  - {name: a, aliases: [b], kind: chat, source: m}\n"
+        "  - {name: e, kind: embedding, source: org/hub-id}\n"
+    )
     catalog = ModelCatalog.load(path)
     assert catalog.resolve("b").name == "a"
     assert catalog.resolve("a").source == str((tmp_path / "m").resolve())

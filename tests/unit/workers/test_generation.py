@@ -531,3 +531,66 @@ def test_tiny_chat_limits(default_models_dir: Path, sink: ListSink) -> None:
     with pytest.raises(InvalidRequest) as exc:
         engine.submit(make_job(messages=[ChatMessage(role="user", content="hi")]), threading.Event())
     assert exc.value.param == "messages"
+
+
+def test_sliding_window_cache_batches_without_joining(tiny_chat, sink: ListSink) -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from workers.models.causal_lm import CausalLM
+
+    config = MistralConfig(
+        vocab_size=len(tiny_chat.tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        sliding_window=6,  # shorter than the prompts
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = MistralForCausalLM(config).eval()
+    lm = CausalLM(model, tiny_chat.tokenizer, context_length=256)
+
+    def jobs() -> list[GenerateJob]:
+        return [make_job(prompt=p, max_tokens=10 + 5 * i) for i, p in enumerate(PROMPTS[:3])]
+
+    alone = [run_alone(lm, sink, job).choices[0].text for job in jobs()]
+    engine = GenerationEngine(lm, spec(), sink)
+    tickets = [submit(engine, job) for job in jobs()]
+    engine.start()
+    wait_for(lambda: engine.stats()["steps"] >= 2)
+    late = submit(engine, make_job(prompt=PROMPTS[3], max_tokens=5))
+    together = [outcome(t).choices[0].text for t in tickets]
+    assert outcome(late).choices[0].finish_reason == "length"
+    engine.stop()
+
+    assert together == alone
+    assert engine.stats()["max_running_seen"] == 3  # one padded prefill; the late job ran on its own
+
+
+def test_kv_batch_pads_joins_and_trims(tiny_chat) -> None:
+    long, short, other = (tiny_chat.completion_prompt(p) for p in (PROMPTS[3], PROMPTS[2], PROMPTS[0]))
+
+    def alone(prompt: list[int], token: int) -> torch.Tensor:
+        _, batch = tiny_chat.prefill([prompt])
+        return batch.step([token])[0]
+
+    _, batch = tiny_chat.prefill([long, short])
+    assert tuple(batch.mask.shape) == (2, len(long))
+    batch.keep([1])  # the long prompt leaves: its width is padding for everyone left
+    assert tuple(batch.mask.shape) == (1, len(short)) and bool(batch.mask.all())
+    _, newcomer = tiny_chat.prefill([other])
+    batch.join(newcomer)
+    width = max(len(short), len(other))
+    assert tuple(batch.mask.shape) == (2, width)
+    assert all(layer.keys.shape[2] == width for layer in batch.cache.layers)
+    assert batch.positions.tolist() == [len(short), len(other)]
+
+    logits = batch.step([7, 9])
+    torch.testing.assert_close(logits[0], alone(short, 7), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[1], alone(other, 9), rtol=0, atol=1e-5)
+    batch.keep([1, 1])  # a repeated row is an independent copy
+    logits = batch.step([3, 4])
+    assert not torch.equal(logits[0], logits[1])
