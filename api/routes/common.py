@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from flask import request
 
 from api.services import services
 from shared.errors import InvalidRequest
+from shared.models import ModelSpec
 
 
 def json_body() -> object:
@@ -20,6 +22,12 @@ def json_body() -> object:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
 
 
-def deadline() -> float:
-    """Epoch second by which this request must be answered."""
-    return time.time() + services().settings.request_timeout
+def envelope(spec: ModelSpec) -> dict[str, Any]:
+    """What every job carries: a new id, its model, this process's reply channel, its deadline."""
+    svc = services()
+    return {
+        "job_id": svc.dispatcher.new_job_id(),
+        "model": spec.name,
+        "reply_to": svc.router.channel,
+        "deadline": time.time() + svc.settings.request_timeout,
+    }

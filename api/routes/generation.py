@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from api import responses
 from api.disconnect import client_gone_probe
 from api.dispatch import Dispatcher, Ticket
-from api.routes.common import deadline, json_body
+from api.routes.common import envelope, json_body
 from api.schemas.base import parse_body
 from api.schemas.generation import ChatCompletionRequest, CompletionRequest
 from api.services import services
@@ -27,13 +27,9 @@ bp = Blueprint("generation", __name__, url_prefix="/v1")
 def chat_completions():
     req: ChatCompletionRequest = parse_body(ChatCompletionRequest, json_body())
     messages, sampling = req.chat_messages(), req.sampling(req.token_limit)
-    svc = services()
-    spec = svc.dispatcher.resolve(req.model, ModelKind.CHAT)
+    spec = services().dispatcher.resolve(req.model, ModelKind.CHAT)
     job = GenerateJob(
-        job_id=svc.dispatcher.new_job_id(),
-        model=spec.name,
-        reply_to=svc.router.channel,
-        deadline=deadline(),
+        **envelope(spec),
         stream=req.stream,
         messages=messages,
         n=req.n,
@@ -47,13 +43,9 @@ def completions():
     req: CompletionRequest = parse_body(CompletionRequest, json_body())
     req.check()
     prompts, sampling = req.prompts, req.sampling(req.max_tokens)
-    svc = services()
-    spec = svc.dispatcher.resolve(req.model, ModelKind.CHAT)
+    spec = services().dispatcher.resolve(req.model, ModelKind.CHAT)
     job = GenerateJob(
-        job_id=svc.dispatcher.new_job_id(),
-        model=spec.name,
-        reply_to=svc.router.channel,
-        deadline=deadline(),
+        **envelope(spec),
         stream=req.stream,
         prompts=prompts,
         n=req.n,

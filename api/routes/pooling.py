@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request
 
 from api import responses
 from api.disconnect import client_gone_probe
-from api.routes.common import deadline, json_body
+from api.routes.common import envelope, json_body
 from api.schemas.base import parse_body
 from api.schemas.pooling import EmbeddingRequest, RerankRequest
 from api.services import services
@@ -29,17 +29,8 @@ def _run(job):
 def embeddings():
     req: EmbeddingRequest = parse_body(EmbeddingRequest, json_body())
     inputs = req.inputs
-    svc = services()
-    spec = svc.dispatcher.resolve(req.model, ModelKind.EMBEDDING)
-    result = _run(
-        EmbedJob(
-            job_id=svc.dispatcher.new_job_id(),
-            model=spec.name,
-            reply_to=svc.router.channel,
-            deadline=deadline(),
-            inputs=inputs,
-        )
-    )
+    spec = services().dispatcher.resolve(req.model, ModelKind.EMBEDDING)
+    result = _run(EmbedJob(**envelope(spec), inputs=inputs))
     return jsonify(responses.embeddings(req.model, result, req.encoding_format))
 
 
@@ -47,18 +38,10 @@ def embeddings():
 @bp.post("/rerank")
 def rerank():
     req: RerankRequest = parse_body(RerankRequest, json_body())
-    svc = services()
-    spec = svc.dispatcher.resolve(req.model, ModelKind.RERANK)
+    spec = services().dispatcher.resolve(req.model, ModelKind.RERANK)
     documents = req.texts
-    job_id = svc.dispatcher.new_job_id()
-    result = _run(
-        RerankJob(
-            job_id=job_id,
-            model=spec.name,
-            reply_to=svc.router.channel,
-            deadline=deadline(),
-            query=req.query,
-            documents=documents,
-        )
+    job = RerankJob(**envelope(spec), query=req.query, documents=documents)
+    result = _run(job)
+    return jsonify(
+        responses.rerank(job.job_id, req.model, result, documents, req.top_n, req.return_documents)
     )
-    return jsonify(responses.rerank(job_id, req.model, result, documents, req.top_n, req.return_documents))
