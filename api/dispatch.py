@@ -18,7 +18,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from api.fleet import live_worker_count
+from api.fleet import wait_estimate
 from api.replies import Event, ReplyRouter
 from shared import keys
 from shared.errors import (
@@ -26,9 +26,10 @@ from shared.errors import (
     InternalError,
     InvalidRequest,
     ModelNotFound,
+    RateLimited,
     ServiceUnavailable,
 )
-from shared.events import DoneEvent, ErrorEvent
+from shared.events import DoneEvent, ErrorEvent, WorkerLostEvent
 from shared.jobs import EmbedJob, GenerateJob, RerankJob, decode_result
 from shared.models import ModelCatalog, ModelKind, ModelSpec
 
@@ -41,6 +42,13 @@ _TICK_S = 1.0
 
 #: Retry-After for a model with no live worker: about one worker heartbeat.
 _NO_WORKER_RETRY_S = 5
+
+
+def _retry_after(wait_s: float | None) -> int:
+    """Whole seconds for Retry-After: the estimate, kept within [1, 300]; 5 before any estimate."""
+    if wait_s is None:
+        return 5
+    return max(1, min(300, math.ceil(wait_s)))
 
 
 @dataclass
@@ -72,14 +80,21 @@ class Dispatcher:
                 param=param,
                 code="model_not_supported",
             )
-        try:
-            alive = live_worker_count(self.redis, spec.name)
-        except RedisError as exc:
-            raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(keys.model_workers_key(spec.name), time.time(), "+inf")
+        pipe.llen(self.queue(spec.name).key)
+        alive, queued = (int(x) for x in pipe.execute())
         if not alive:
             raise ServiceUnavailable(
                 f"The model '{spec.name}' has no live worker; start one with `bin/worker {spec.name}`",
                 retry_after=_NO_WORKER_RETRY_S,
+            )
+        if queued >= spec.max_queue:
+            wait = wait_estimate(self.redis, spec, queued, alive)
+            raise RateLimited(
+                f"The model '{spec.name}' has {queued} requests queued (its limit); retry later",
+                code="queue_full",
+                retry_after=_retry_after(wait),
             )
         return spec
 
@@ -93,7 +108,7 @@ class Dispatcher:
         inbox = self.router.register(job.job_id)
         budget = job.deadline - time.time()
         try:
-            self._queue(job.model).enqueue(
+            self.queue(job.model).enqueue(
                 keys.JOB_FUNCTION,
                 payload=job.model_dump(mode="json"),
                 job_id=job.job_id,
@@ -108,7 +123,8 @@ class Dispatcher:
             raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc
         return Ticket(job=job, inbox=inbox)
 
-    def _queue(self, model: str) -> Queue:
+    def queue(self, model: str) -> Queue:
+        """The rq queue of ``model``."""
         if model not in self._queues:
             self._queues[model] = Queue(
                 keys.queue_name(model), connection=self.redis, serializer=JSONSerializer
@@ -119,9 +135,12 @@ class Dispatcher:
     def events(self, ticket: Ticket, client_gone: Callable[[], bool]) -> Iterator[Event | None]:
         """The job's events until a terminal one; ``None`` each idle tick (for keep-alives).
 
-        Raises :class:`DeadlineExceeded` at the deadline (and cancels the job). A client that went
-        away cancels the job and ends the iteration.
+        Raises :class:`DeadlineExceeded` at the deadline (and cancels the job), and
+        :class:`ServiceUnavailable` if the job's worker died after the client saw part of the
+        result; before that, the job is requeued and the client notices nothing. A client that
+        went away cancels the job and ends the iteration.
         """
+        relayed = False
         while True:
             remaining = ticket.job.deadline - time.time()
             if remaining <= 0:
@@ -136,9 +155,32 @@ class Dispatcher:
                     return
                 yield None
                 continue
+            if isinstance(event, WorkerLostEvent):
+                if not relayed and self._requeue(ticket.job):
+                    continue
+                raise ServiceUnavailable(
+                    "the worker running this request died; retry it", code="worker_lost", retry_after=1
+                )
+            relayed = True
             yield event
             if isinstance(event, DoneEvent | ErrorEvent):
                 return
+
+    def _requeue(self, job: AnyJob) -> bool:
+        """Put a job whose worker died back at the front of its queue.
+
+        Even with no live worker left: like any queued job it waits for one (a restarted worker,
+        typically) until its deadline.
+        """
+        try:
+            if self.redis.exists(keys.cancel_key(job.job_id)):
+                return False
+            self.queue(job.model).failed_job_registry.requeue(job.job_id, at_front=True)
+        except (RedisError, NoSuchJobError, InvalidJobOperation) as exc:
+            log.warning("could not requeue job %s: %s", job.job_id, exc)
+            return False
+        log.info("requeued job %s after its worker died", job.job_id)
+        return True
 
     def result(self, ticket: Ticket, client_gone: Callable[[], bool]):
         """Wait for the job's result (non-streaming); raises the job's error."""

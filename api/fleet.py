@@ -26,6 +26,20 @@ def live_worker_counts(redis: Redis, specs: list[ModelSpec]) -> dict[str, int]:
     return {spec.name: int(count) for spec, count in zip(specs, pipe.execute(), strict=True)}
 
 
+def mean_job_seconds(redis: Redis, model: str) -> float | None:
+    """Mean run time of the model's recent jobs, as workers record them; None before the first."""
+    samples = [float(x) for x in redis.lrange(keys.job_durations_key(model), 0, -1)]
+    return sum(samples) / len(samples) if samples else None
+
+
+def wait_estimate(redis: Redis, spec: ModelSpec, ahead: int, workers: int) -> float | None:
+    """Seconds until a job with ``ahead`` jobs before it starts, from recent throughput."""
+    mean = mean_job_seconds(redis, spec.name)
+    if mean is None or workers <= 0:
+        return None
+    return ahead * mean / (workers * spec.max_batch_size)
+
+
 def worker_statuses(redis: Redis) -> list[dict[str, Any]]:
     """The status every live worker last reported."""
     names = list(redis.scan_iter(match=keys.worker_key_pattern(), count=500))

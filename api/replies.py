@@ -11,12 +11,12 @@ from redis import Redis, RedisError
 
 from shared import keys
 from shared.errors import ServiceUnavailable
-from shared.events import DeltaEvent, DoneEvent, ErrorEvent, decode_event
+from shared.events import AnyEvent, ErrorEvent, decode_event
 from shared.jobs import BadMessage
 
 log = logging.getLogger(__name__)
 
-Event = DeltaEvent | DoneEvent | ErrorEvent
+Event = AnyEvent
 
 
 class ReplyRouter:

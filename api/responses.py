@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from api import logprobs
 from shared.errors import ModelyardError
 from shared.events import ChoiceDelta
 from shared.jobs import EmbedResult, GenerateResult, RerankResult, Usage
@@ -27,7 +28,7 @@ def chat_completion(job_id: str, model: str, created: int, result: GenerateResul
             {
                 "index": c.index,
                 "message": {"role": "assistant", "content": c.text},
-                "logprobs": None,
+                "logprobs": logprobs.chat(c.logprobs),
                 "finish_reason": c.finish_reason,
             }
             for c in result.choices
@@ -43,7 +44,12 @@ def completion(job_id: str, model: str, created: int, result: GenerateResult) ->
         "created": created,
         "model": model,
         "choices": [
-            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+            {
+                "index": c.index,
+                "text": c.text,
+                "logprobs": logprobs.completion(c.logprobs)[0],
+                "finish_reason": c.finish_reason,
+            }
             for c in result.choices
         ],
         "usage": usage_dict(result.usage),
@@ -60,6 +66,8 @@ class ChunkWriter:
         self.created = created
         self.chat = chat
         self.include_usage = include_usage
+        #: Completions: where each choice's next token starts in its text (logprobs' text_offset).
+        self._offsets: dict[int, int] = {}
 
     def _frame(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
         chunk: dict[str, Any] = {
@@ -94,14 +102,14 @@ class ChunkWriter:
     def delta(self, delta: ChoiceDelta) -> list[str]:
         frames = []
         if self.chat:
-            if delta.text:
+            if delta.text or delta.logprobs:
                 frames.append(
                     self._frame(
                         [
                             {
                                 "index": delta.index,
                                 "delta": {"content": delta.text},
-                                "logprobs": None,
+                                "logprobs": logprobs.chat(delta.logprobs),
                                 "finish_reason": None,
                             }
                         ]
@@ -120,14 +128,17 @@ class ChunkWriter:
                         ]
                     )
                 )
-        elif delta.text or delta.finish_reason:
+        elif delta.text or delta.finish_reason or delta.logprobs:
+            body, self._offsets[delta.index] = logprobs.completion(
+                delta.logprobs, self._offsets.get(delta.index, 0)
+            )
             frames.append(
                 self._frame(
                     [
                         {
                             "index": delta.index,
                             "text": delta.text,
-                            "logprobs": None,
+                            "logprobs": body,
                             "finish_reason": delta.finish_reason,
                         }
                     ]
@@ -179,6 +190,20 @@ def rerank(
         "results": results,
         "usage": {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.total_tokens},
     }
+
+
+def tei_rerank(
+    result: RerankResult, texts: list[str], top_n: int | None, return_text: bool
+) -> list[dict[str, Any]]:
+    """Text Embeddings Inference's rerank response: ``[{index, score, text?}]``, best first."""
+    order = sorted(range(len(result.scores)), key=lambda i: result.scores[i], reverse=True)
+    items = []
+    for i in order[: top_n or len(order)]:
+        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
+        if return_text:
+            item["text"] = texts[i]
+        items.append(item)
+    return items
 
 
 DONE = "data: [DONE]\n\n"

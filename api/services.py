@@ -8,6 +8,8 @@ from flask import current_app
 from redis import Redis
 
 from api.dispatch import Dispatcher
+from api.janitor import Janitor
+from api.ratelimit import RateLimiter
 from api.replies import ReplyRouter
 from shared.config import Settings
 from shared.models import ModelCatalog
@@ -22,6 +24,13 @@ class Services:
     catalog: ModelCatalog
     router: ReplyRouter
     dispatcher: Dispatcher
+    janitor: Janitor
+    limiter: RateLimiter
+
+    def close(self) -> None:
+        """Stop the background threads (tests build many apps in one process)."""
+        self.janitor.stop()
+        self.router.stop()
 
 
 def services() -> Services:

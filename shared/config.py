@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
@@ -27,7 +28,13 @@ class Settings(BaseModel):
     heartbeat_ttl: PositiveInt = 10
     #: Largest request body the API reads, in bytes.
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    #: Requests per minute one API key (or, without keys, one client address) may make; unset: no limit.
+    rate_limit_rpm: PositiveInt | None = None
+    #: Tokens (prompt + completion) per minute one API key or address may use; unset: no limit.
+    rate_limit_tpm: PositiveInt | None = None
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one object per line), for the API and the workers.
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

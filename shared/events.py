@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import ModelyardError, error_for_status
-from shared.jobs import BadMessage, EmbedResult, FinishReason, GenerateResult, RerankResult
+from shared.jobs import BadMessage, EmbedResult, FinishReason, GenerateResult, RerankResult, TokenLogprob
 
 
 class _Event(BaseModel):
@@ -28,6 +28,8 @@ class ChoiceDelta(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason | None = None
+    #: Logprobs of the tokens generated in this step (their text may be held back for a later delta).
+    logprobs: list[TokenLogprob] | None = None
 
 
 class DeltaEvent(_Event):
@@ -43,6 +45,9 @@ class DoneEvent(_Event):
 
     type: Literal["done"] = "done"
     result: Annotated[GenerateResult | EmbedResult | RerankResult | None, Field(discriminator="type")] = None
+    #: Seconds the job waited in its queue and ran on its worker, from rq's record (for logs, metrics).
+    queued_s: float | None = None
+    run_s: float | None = None
 
 
 class ErrorEvent(_Event):
@@ -55,6 +60,8 @@ class ErrorEvent(_Event):
     code: str | None = None
     param: str | None = None
     retry_after: int | None = None
+    queued_s: float | None = None
+    run_s: float | None = None
 
     @classmethod
     def from_error(cls, job_id: str, error: ModelyardError) -> ErrorEvent:
@@ -76,16 +83,26 @@ class ErrorEvent(_Event):
         )
 
 
-Event = Annotated[DeltaEvent | DoneEvent | ErrorEvent, Field(discriminator="type")]
+
+
+class WorkerLostEvent(_Event):
+    """The worker running the job died. rq already records the job as failed; the API process
+    waiting for it requeues it if its client has seen nothing yet, else ends it with a 503."""
+
+    type: Literal["worker_lost"] = "worker_lost"
+
+
+AnyEvent = DeltaEvent | DoneEvent | ErrorEvent | WorkerLostEvent
+Event = Annotated[AnyEvent, Field(discriminator="type")]
 _EVENT = TypeAdapter(Event)
 
 
-def encode_event(event: DeltaEvent | DoneEvent | ErrorEvent) -> str:
+def encode_event(event: AnyEvent) -> str:
     """JSON text for PUBLISH."""
     return event.model_dump_json(exclude_none=True)
 
 
-def decode_event(data: bytes | str) -> DeltaEvent | DoneEvent | ErrorEvent:
+def decode_event(data: bytes | str) -> AnyEvent:
     """Parse a pub/sub message; raises :class:`BadMessage`."""
     try:
         return _EVENT.validate_json(data)

@@ -27,6 +27,24 @@ class SamplingParams(_Wire):
     #: Strings that end a choice; they are not part of its text.
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    #: Keep the ``top_k`` most likely tokens; 0 keeps all.
+    top_k: int = 0
+    #: Drop tokens less likely than ``min_p`` times the most likely one.
+    min_p: float = 0.0
+    #: HF/vLLM: divide positive logits (multiply negative ones) of tokens in the prompt or output.
+    repetition_penalty: float = 1.0
+    #: OpenAI: subtract once from the logit of every token already generated.
+    presence_penalty: float = 0.0
+    #: OpenAI: subtract per occurrence from the logit of every token already generated.
+    frequency_penalty: float = 0.0
+    #: Added to the logits of these token ids before sampling.
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    #: Keep generating after an end-of-sequence token.
+    ignore_eos: bool = False
+    #: Token ids that end a choice (finish reason ``stop``), as the eos token does.
+    stop_token_ids: list[int] = Field(default_factory=list)
+    #: Return each token's logprob and this many most likely alternatives; None returns none.
+    logprobs: int | None = None
 
 
 class ChatMessage(_Wire):
@@ -44,6 +62,8 @@ class _JobBase(_Wire):
     reply_to: str
     #: Epoch seconds after which nobody waits for the result.
     deadline: float
+    #: Who to charge the job's tokens to (see api/ratelimit.py); None when no limit is set.
+    rate_subject: str | None = None
 
 
 class GenerateJob(_JobBase):
@@ -52,16 +72,22 @@ class GenerateJob(_JobBase):
     type: Literal["generate"] = "generate"
     stream: bool = False
     messages: list[ChatMessage] | None = None
-    prompts: list[str] | None = None
+    #: Completion prompts, as text or as token ids.
+    prompts: list[str | list[int]] | None = None
     n: int = 1
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    #: Completions: each choice starts with its prompt (and its prompt tokens' logprobs).
+    echo: bool = False
 
 
 class EmbedJob(_JobBase):
     """Embed every input."""
 
     type: Literal["embed"] = "embed"
-    inputs: list[str]
+    #: Texts, or token ids used as they are (no special tokens added).
+    inputs: list[str | list[int]]
+    #: Truncate each vector to this many dimensions, then renormalise it.
+    dimensions: int | None = None
 
 
 class RerankJob(_JobBase):
@@ -70,6 +96,8 @@ class RerankJob(_JobBase):
     type: Literal["rerank"] = "rerank"
     query: str
     documents: list[str]
+    #: Scores are the model's logits instead of their sigmoid.
+    raw_scores: bool = False
 
 
 Job = Annotated[GenerateJob | EmbedJob | RerankJob, Field(discriminator="type")]
@@ -83,12 +111,29 @@ class Usage(_Wire):
     total_tokens: int
 
 
+class TopLogprob(_Wire):
+    """A candidate token and its logprob; ``bytes`` are its UTF-8 bytes (a piece of a character, maybe)."""
+
+    id: int
+    token: str
+    bytes: list[int]
+    logprob: float | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """A token of a choice, its logprob (None for a prompt's first token) and the likeliest alternatives."""
+
+    top: list[TopLogprob] = Field(default_factory=list)
+
+
 class Choice(_Wire):
     """One finished choice; ``index`` is ``prompt_index * n + sample_index``."""
 
     index: int
     text: str
     finish_reason: FinishReason
+    #: One entry per token generated (echoed prompt tokens first), when logprobs were asked for.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class GenerateResult(_Wire):

@@ -54,3 +54,48 @@ def cancel_key(job_id: str) -> str:
 def result_key(job_id: str) -> str:
     """A result too big for pub/sub, kept ``RESULT_TTL_S`` seconds for the API to read."""
     return f"{PREFIX}:result:{job_id}"
+
+
+#: How many recent job durations a model keeps for throughput estimates (Retry-After, ETA).
+DURATION_SAMPLES = 100
+
+
+def job_durations_key(model: str) -> str:
+    """List of the last ``DURATION_SAMPLES`` job run times (seconds) of ``model``, newest first."""
+    return f"{PREFIX}:durations:{model}"
+
+
+def janitor_lock_key() -> str:
+    """Held for one sweep by the API process that looks for jobs of dead workers."""
+    return f"{PREFIX}:janitor"
+
+
+def slot_worker_name(worker_id: str, model: str, slot: int) -> str:
+    """rq worker name of one slot of a worker process."""
+    return f"{worker_id}.{model}.{slot}"
+
+
+def worker_id_of_slot(rq_worker_name: str) -> str:
+    """The worker process id inside an rq slot worker's name (see :func:`slot_worker_name`)."""
+    return rq_worker_name.split(".", 1)[0]
+
+
+#: Length of a rate-limit window, in seconds.
+RATE_WINDOW_S = 60
+
+
+def rate_key(subject: str, kind: str, now: float) -> str:
+    """Counter of ``kind`` (requests or tokens) used by ``subject`` (a hashed client) in the window
+    holding epoch second ``now``; it expires two windows later."""
+    return f"{PREFIX}:rate:{subject}:{kind}:{int(now // RATE_WINDOW_S)}"
+
+
+#: rq's own key prefixes (the queue's list of job ids, each job's hash): the metrics scrape reads
+#: queue depth and the oldest job's ``enqueued_at`` in one script, which rq has no API for.
+RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_JOB_PREFIX = "rq:job:"
+
+
+def rq_queue_key(model: str) -> str:
+    """The Redis list rq keeps ``model``'s queued job ids in, oldest first."""
+    return RQ_QUEUE_PREFIX + queue_name(model)

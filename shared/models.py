@@ -37,6 +37,9 @@ class ModelSpec(BaseModel):
     max_batch_tokens: PositiveInt = Field(
         16384, description="Tokens in one embedding or rerank forward pass."
     )
+    max_queue: PositiveInt = Field(
+        256, description="Jobs waiting in the model's queue before new requests get 429."
+    )
 
     @property
     def names(self) -> tuple[str, ...]:

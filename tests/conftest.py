@@ -120,7 +120,7 @@ def app(redis_server, models_file):
     settings = Settings(redis_url=redis_server.url, models_file=models_file, request_timeout=30)
     app = create_app(settings)
     yield app
-    app.extensions["modelyard"].router.stop()
+    app.extensions["modelyard"].close()
 
 
 @pytest.fixture

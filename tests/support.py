@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -123,10 +124,20 @@ class WorkerProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            return all(live_workers(redis_server, m) for m in self.models)
+            return self.status(redis_server) is not None
+
 
         wait_until(ready, timeout, f"worker for {self.models}", interval=0.2)
         return self
+
+    def status(self, redis_server: RedisServer) -> dict | None:
+        """This process's heartbeat status, once it beats (its models are loaded)."""
+        client = redis_server.client()
+        for key in client.scan_iter(match="modelyard:worker:*"):
+            status = json.loads(client.get(key) or "{}")
+            if status.get("pid") == self.pid:
+                return status
+        return None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -154,7 +165,7 @@ def start_api(env: dict[str, str], log_path: Path) -> tuple[ApiServer, object]:
             raise RuntimeError(f"api exited:\n{log_path.read_text()}")
         try:
             return requests.get(server.url + "/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # gunicorn accepts before its app loaded
             return False
 
     wait_until(healthy, 60, "the API", interval=0.2)

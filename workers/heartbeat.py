@@ -49,6 +49,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._started_at = time.time()
+        self._draining = False
 
     def start(self) -> None:
         """Beat once now (the models are loaded), then keep beating."""
@@ -65,13 +66,17 @@ class Heartbeat:
             "models": self._models,
             "started_at": self._started_at,
             "beat_at": now,
+            "draining": self._draining,
             **self._status(),
         }
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(keys.worker_key(self.worker_id), json.dumps(status), ex=self._ttl)
         for model in self._models:
             workers = keys.model_workers_key(model)
-            pipe.zadd(workers, {self.worker_id: now + self._ttl})
+            if self._draining:
+                pipe.zrem(workers, self.worker_id)
+            else:
+                pipe.zadd(workers, {self.worker_id: now + self._ttl})
             pipe.zremrangebyscore(workers, "-inf", now)
             pipe.expire(workers, self._ttl * 10)
         pipe.execute()
@@ -91,8 +96,17 @@ class Heartbeat:
         """False once the beating thread gave up on an unhealthy engine."""
         return self._thread.is_alive()
 
+    def drain(self) -> None:
+        """Stop offering the models (admission no longer counts this worker) but keep beating:
+        the running jobs are still alive, and the API's janitor must not declare them lost."""
+        self._draining = True
+        try:
+            self.beat()
+        except RedisError as exc:
+            log.warning("could not announce the drain (%s)", exc)
+
     def stop(self) -> None:
-        """Stop beating and remove the worker at once, so no new job is routed here."""
+        """Stop beating and remove the worker's key: its jobs are done."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import resource
 import signal
 import sys
 import threading
@@ -14,8 +16,10 @@ from rq.serializers import JSONSerializer
 from shared import keys
 from shared.config import Settings
 from shared.connection import connect
+from shared.logs import LOG_FORMATS, setup_logging
 from shared.models import ModelCatalog, ModelsFileError, ModelSpec
 from workers import runtime
+from workers.engines.base import Engine
 from workers.heartbeat import Heartbeat, new_worker_id
 from workers.loaders import load_engine
 from workers.publisher import RedisEventSink
@@ -33,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for running jobs"
     )
+    parser.add_argument("--log-format", choices=LOG_FORMATS, help="overrides MODELYARD_LOG_FORMAT")
     return parser.parse_args(argv)
 
 
@@ -50,14 +55,94 @@ def select_models(catalog: ModelCatalog, names: list[str]) -> list[ModelSpec]:
     return specs
 
 
+def run_slot(redis_url: str, worker_id: str, model: str, index: int, draining: threading.Event) -> None:
+    """Run one rq slot until the worker drains; a slot that rq stopped (Redis gone) starts anew."""
+    generation = 0
+    while not draining.is_set():
+        slot = SlotWorker(
+            [keys.queue_name(model)],
+            # A new name each time: rq refuses a name whose old registration it could not end.
+            name=keys.slot_worker_name(worker_id, model, index) + (f"-{generation}" if generation else ""),
+            connection=connect(redis_url, socket_timeout=SLOT_WORKER_TTL + 10),
+            serializer=JSONSerializer,
+            draining=draining,
+        )
+        try:
+            slot.work(logging_level="WARNING")
+        except Exception:
+            log.exception("slot %s failed", slot.name)
+        if not draining.wait(1.0):
+            log.warning("slot %s stopped (is Redis reachable?); starting it again", slot.name)
+            generation += 1
+
+
+def load_engines(specs: list[ModelSpec], sink: RedisEventSink) -> dict[str, Engine]:
+    """Load every model, logging each one's progress: what, where, how long, how much memory."""
+    engines: dict[str, Engine] = {}
+    all_started = time.monotonic()
+    for number, spec in enumerate(specs, 1):
+        started = time.monotonic()
+        log.info(
+            "loading model %d/%d: %s (%s) from %s, device %s, dtype %s, %d slots",
+            number,
+            len(specs),
+            spec.name,
+            spec.kind.value,
+            spec.source,
+            spec.device,
+            spec.dtype,
+            spec.max_batch_size,
+        )
+        try:
+            engines[spec.name] = load_engine(spec, sink)
+        except Exception:
+            log.exception("loading %s from %s failed", spec.name, spec.source)
+            raise
+        log.info(
+            "loaded model %d/%d: %s in %.1fs (%s)",
+            number,
+            len(specs),
+            spec.name,
+            time.monotonic() - started,
+            _memory(),
+        )
+    log.info("all %d models loaded in %.1fs", len(specs), time.monotonic() - all_started)
+    return engines
+
+
+def _memory() -> str:
+    """This process's peak resident memory and, with CUDA, the memory torch holds on each GPU."""
+    parts = [f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            parts.append(f"cuda:{index} {torch.cuda.memory_allocated(index) / 2**20:.0f} MiB")
+    return ", ".join(parts)
+
+
+def _library_logs_to_root() -> None:
+    """JSON logs: transformers' own handler and progress bars would print plain text; route its
+    records through ours and hide the bars."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a worker process until SIGTERM/SIGINT."""
     args = parse_args(argv)
     overrides = {"models_file": args.models_file} if args.models_file else {}
+    if args.log_format:
+        overrides["log_format"] = args.log_format
     settings = Settings.from_env(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
+    if settings.log_format == "json":
+        _library_logs_to_root()
     try:
         specs = select_models(ModelCatalog.load(settings.models_file), args.models)
     except ModelsFileError as exc:
@@ -65,12 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     redis = connect(settings.redis_url)
     sink = RedisEventSink(redis)
-    engines = {}
-    for spec in specs:
-        started = time.monotonic()
-        log.info("loading %s (%s) from %s", spec.name, spec.kind.value, spec.source)
-        engines[spec.name] = load_engine(spec, sink)
-        log.info("loaded %s in %.1fs", spec.name, time.monotonic() - started)
+    engines = load_engines(specs, sink)
     rt = runtime.Runtime(redis=redis, sink=sink, engines=engines)
     runtime.install(rt)
     for engine in engines.values():
@@ -78,20 +158,15 @@ def main(argv: list[str] | None = None) -> int:
 
     worker_id = new_worker_id()
     draining = threading.Event()
-    slots = [
-        SlotWorker(
-            [keys.queue_name(spec.name)],
-            name=f"{worker_id}.{spec.name}.{i}",
-            connection=connect(settings.redis_url, socket_timeout=SLOT_WORKER_TTL + 10),
-            serializer=JSONSerializer,
-            draining=draining,
+    threads = [
+        threading.Thread(
+            target=run_slot,
+            args=(settings.redis_url, worker_id, spec.name, i, draining),
+            name=keys.slot_worker_name(worker_id, spec.name, i),
+            daemon=True,
         )
         for spec in specs
         for i in range(spec.max_batch_size)
-    ]
-    threads = [
-        threading.Thread(target=slot.work, kwargs={"logging_level": "WARNING"}, name=slot.name, daemon=True)
-        for slot in slots
     ]
     heartbeat = Heartbeat(
         redis,
@@ -100,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         ttl=settings.heartbeat_ttl,
         status=lambda: {
             "device": {spec.name: spec.device for spec in specs},
-            "slots": len(slots),
+            "slots": {spec.name: spec.max_batch_size for spec in specs},
             "busy": rt.running,
             "engines": {name: engine.stats() for name, engine in engines.items()},
         },
@@ -116,21 +191,23 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_drain)
     signal.signal(signal.SIGINT, request_drain)
+    # Beat before any slot can take a job: the API's janitor fails jobs of workers without a heartbeat.
+    heartbeat.start()
     for thread in threads:
         thread.start()
-    heartbeat.start()
-    log.info("worker %s serving %s with %d slots", worker_id, ", ".join(engines), len(slots))
+    log.info("worker %s serving %s with %d slots", worker_id, ", ".join(engines), len(threads))
 
     while not draining.wait(1.0):
         if not heartbeat.alive:
             log.error("heartbeat stopped (a model engine died); exiting")
             draining.set()
-    heartbeat.stop()
+    heartbeat.drain()
     deadline = time.monotonic() + args.drain_timeout
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     for engine in engines.values():
         engine.stop()
+    heartbeat.stop()
     leftover = sum(thread.is_alive() for thread in threads)
     log.info("worker %s stopped%s", worker_id, f" ({leftover} jobs cut short)" if leftover else "")
     return 1 if leftover else 0

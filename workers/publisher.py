@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from redis import Redis
+from rq import get_current_job
 
 from shared import keys
 from shared.errors import ModelyardError
@@ -30,19 +34,48 @@ class RedisEventSink:
         pipe.execute()
 
     def publish_done(
-        self, channel: str, job_id: str, result: GenerateResult | EmbedResult | RerankResult
+        self,
+        channel: str,
+        job_id: str,
+        result: GenerateResult | EmbedResult | RerankResult,
+        *,
+        model: str,
+        run_s: float,
+        rate_subject: str | None = None,
     ) -> None:
-        """Send the terminal success event, parking a large result in Redis first."""
-        event = DoneEvent(job_id=job_id, result=result)
+        """Send the terminal success event (parking a large result in Redis first), and record the
+        job's run time (throughput estimates) and tokens (rate limits), in one round trip."""
+        timings = _timings()
+        event = DoneEvent(job_id=job_id, result=result, **timings)
         data = encode_event(event)
+        pipe = self._redis.pipeline(transaction=False)
         if len(data) > MAX_INLINE_RESULT_BYTES:
-            pipe = self._redis.pipeline(transaction=True)
             pipe.set(keys.result_key(job_id), result.model_dump_json(), ex=keys.RESULT_TTL_S)
-            pipe.publish(channel, encode_event(DoneEvent(job_id=job_id)))
-            pipe.execute()
-        else:
-            self._redis.publish(channel, data)
+            data = encode_event(DoneEvent(job_id=job_id, **timings))
+        pipe.publish(channel, data)
+        pipe.lpush(keys.job_durations_key(model), round(run_s, 4))
+        pipe.ltrim(keys.job_durations_key(model), 0, keys.DURATION_SAMPLES - 1)
+        if rate_subject is not None:
+            tokens = keys.rate_key(rate_subject, "tokens", time.time())
+            pipe.incrby(tokens, result.usage.total_tokens)
+            pipe.expire(tokens, 2 * keys.RATE_WINDOW_S)
+        pipe.execute()
 
     def publish_error(self, channel: str, job_id: str, error: ModelyardError) -> None:
         """Send the terminal error event."""
-        self._redis.publish(channel, encode_event(ErrorEvent.from_error(job_id, error)))
+        event = ErrorEvent.from_error(job_id, error).model_copy(update=_timings())
+        self._redis.publish(channel, encode_event(event))
+
+
+def _timings() -> dict[str, float]:
+    """Seconds the running rq job waited in its queue and has run so far, from rq's own record.
+
+    ``queued_s`` compares the enqueueing API host's clock with this one's; empty outside rq jobs.
+    """
+    job = get_current_job()
+    if job is None or job.started_at is None:
+        return {}
+    timings = {"run_s": round((datetime.now(UTC) - job.started_at).total_seconds(), 4)}
+    if job.enqueued_at is not None:
+        timings["queued_s"] = round(max(0.0, (job.started_at - job.enqueued_at).total_seconds()), 4)
+    return timings

@@ -52,12 +52,9 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
         raise
     finally:
         rt.release(job.job_id)
-    rt.sink.publish_done(job.reply_to, job.job_id, result)
-    log.info(
-        "job %s (%s) done in %.3fs, tokens=%d",
-        job.job_id,
-        job.model,
-        time.monotonic() - started,
-        result.usage.total_tokens,
+    run_s = time.monotonic() - started
+    rt.sink.publish_done(
+        job.reply_to, job.job_id, result, model=job.model, run_s=run_s, rate_subject=job.rate_subject
     )
+    log.info("job %s (%s) done in %.3fs, tokens=%d", job.job_id, job.model, run_s, result.usage.total_tokens)
     return result.model_dump(mode="json")

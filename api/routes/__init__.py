@@ -6,6 +6,6 @@ from flask import Blueprint
 
 
 def blueprints() -> list[Blueprint]:
-    from api.routes import generation, health, models, pooling
+    from api.routes import compat, generation, health, jobs, metrics, models, pooling, websocket
 
-    return [health.bp, models.bp, generation.bp, pooling.bp]
+    return [health.bp, models.bp, generation.bp, pooling.bp, jobs.bp, compat.bp, metrics.bp, websocket.bp]

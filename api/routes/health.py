@@ -6,9 +6,16 @@ from flask import Blueprint, jsonify
 from redis import RedisError
 
 from api.fleet import live_worker_counts
+from api.openapi import openapi_document
 from api.services import services
 
 bp = Blueprint("health", __name__)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI document (no authentication, like /health)."""
+    return jsonify(openapi_document())
 
 
 @bp.get("/health/live")

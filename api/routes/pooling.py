@@ -10,7 +10,7 @@ from api.routes.common import envelope, json_body
 from api.schemas.base import parse_body
 from api.schemas.pooling import EmbeddingRequest, RerankRequest
 from api.services import services
-from shared.jobs import EmbedJob, RerankJob
+from shared.jobs import EmbedJob, RerankJob, RerankResult
 from shared.models import ModelKind
 
 bp = Blueprint("pooling", __name__)
@@ -27,21 +27,33 @@ def _run(job):
 
 @bp.post("/v1/embeddings")
 def embeddings():
-    req: EmbeddingRequest = parse_body(EmbeddingRequest, json_body())
+    return embed(json_body())
+
+
+def embed(body: object):
+    """Validate an embeddings body and run its job: OpenAI's response (compat routes use it too)."""
+    req: EmbeddingRequest = parse_body(EmbeddingRequest, body)
     inputs = req.inputs
     spec = services().dispatcher.resolve(req.model, ModelKind.EMBEDDING)
-    result = _run(EmbedJob(**envelope(spec), inputs=inputs))
+    result = _run(EmbedJob(**envelope(spec), inputs=inputs, dimensions=req.dimensions))
     return jsonify(responses.embeddings(req.model, result, req.encoding_format))
 
 
 @bp.post("/v1/rerank")
 @bp.post("/rerank")
 def rerank():
-    req: RerankRequest = parse_body(RerankRequest, json_body())
-    spec = services().dispatcher.resolve(req.model, ModelKind.RERANK)
-    documents = req.texts
-    job = RerankJob(**envelope(spec), query=req.query, documents=documents)
-    result = _run(job)
+    req, job, result = score(json_body())
+    if req.tei:  # TEI's request shape gets TEI's response: a bare list, best first
+        return jsonify(responses.tei_rerank(result, job.documents, req.top_n, req.return_text))
     return jsonify(
-        responses.rerank(job.job_id, req.model, result, documents, req.top_n, req.return_documents)
+        responses.rerank(job.job_id, req.model, result, job.documents, req.top_n, req.return_documents)
     )
+
+
+def score(body: object) -> tuple[RerankRequest, RerankJob, RerankResult]:
+    """Validate a rerank body and run its job: the request, the job and its scores in document order."""
+    req: RerankRequest = parse_body(RerankRequest, body)
+    documents = req.candidates  # a 400 for the body comes before a 503 for the model
+    spec = services().dispatcher.resolve(req.model, ModelKind.RERANK)
+    job = RerankJob(**envelope(spec), query=req.query, documents=documents, raw_scores=req.raw_scores)
+    return req, job, _run(job)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from api.schemas.base import INT64_MAX, RequestModel, reject_unsupported
 from shared.errors import InvalidRequest
@@ -12,21 +19,21 @@ from shared.jobs import ChatMessage, SamplingParams
 
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 #: Parameters accepted only with their neutral value until the engine implements them.
 _NOT_YET = {
-    "logprobs": False,
-    "top_logprobs": None,
-    "logit_bias": None,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
     "tools": None,
     "tool_choice": None,
     "functions": None,
     "response_format": None,
-    "echo": False,
+    "echo": False,  # chat only: completions declare it
     "suffix": None,
 }
+#: Most ``logit_bias`` entries a request may carry.
+MAX_LOGIT_BIAS = 1024
 
 
 class StreamOptions(BaseModel):
@@ -76,10 +83,35 @@ class _GenerationRequest(RequestModel):
     seed: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    #: Token id (as a string, JSON keys are) -> bias added to its logit.
+    logit_bias: (
+        Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)]
+        | None
+    ) = None
+    # vLLM's extras (the SDK's ``extra_body``).
+    top_k: int = Field(-1, ge=-1)  # -1 or 0: off
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    ignore_eos: bool = False
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=64)] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.strip().isdigit():
+                raise ValueError(f"keys must be token ids, not {key!r}")
+        return value
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def _logprobs(self) -> int | None:
+        """Alternatives per token to return; None: no logprobs."""
+        return None
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         """The engine's view of the sampling parameters."""
@@ -91,6 +123,15 @@ class _GenerationRequest(RequestModel):
             top_p=self.top_p,
             stop=[s for s in stop if s],
             seed=self.seed,
+            top_k=max(self.top_k, 0),
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            ignore_eos=self.ignore_eos,
+            stop_token_ids=list(self.stop_token_ids or []),
+            logprobs=self._logprobs(),
         )
 
 
@@ -98,6 +139,15 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def _logprobs(self) -> int | None:
+        if not self.logprobs:
+            if self.top_logprobs:  # vLLM and OpenAI refuse this too; 0 is harmless
+                raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+            return None
+        return self.top_logprobs or 0
 
     def chat_messages(self) -> list[ChatMessage]:
         return [message.flatten(i) for i, message in enumerate(self.messages)]
@@ -109,21 +159,43 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1024)]
+    #: Text, texts, token ids or lists of token ids; one choice group per prompt.
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=1024)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=1024)]
+    )
     #: OpenAI's default for completions is 16 tokens.
     max_tokens: MaxTokens | None = 16
     best_of: int | None = Field(None, ge=1, le=128)
+    #: Alternatives per token (0 returns only the chosen token's logprob).
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
 
-    @field_validator("prompt", mode="before")
+    @field_validator("prompt", mode="wrap")
     @classmethod
-    def _no_token_ids(cls, value: object) -> object:
-        if isinstance(value, list) and value and not isinstance(value[0], str):
-            raise ValueError("token-id prompts are not supported; send text")
-        return value
+    def _prompt_shape(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # The union's own errors describe its first member only ("should be a valid string").
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise ValueError(
+                "prompt must be a string, a list of strings, a list of token ids (integers >= 0) or "
+                "a list of such lists, none of them empty, at most 1024 prompts"
+            ) from exc
+
+    def _logprobs(self) -> int | None:
+        return self.logprobs
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if isinstance(prompt[0], int):
+            return [[int(token) for token in prompt]]
+        return list(prompt)
 
     def check(self) -> None:
         if self.best_of is not None and self.best_of != self.n:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from api.schemas.base import RequestModel
 from shared.errors import InvalidRequest
@@ -14,29 +21,46 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_RERANK_DOCUMENTS = 1000
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
+
+
 class EmbeddingRequest(RequestModel):
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    #: A text, texts, token ids or lists of token ids (OpenAI's four shapes).
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    )
     encoding_format: Literal["float", "base64"] = "float"
+    #: Keep the first ``dimensions`` of each vector, renormalised (the worker knows the model's size).
     dimensions: int | None = Field(None, ge=1)
 
-    @field_validator("input", mode="before")
+    @field_validator("input", mode="wrap")
     @classmethod
-    def _no_token_ids(cls, value: object) -> object:
-        if isinstance(value, list) and value and not isinstance(value[0], str):
-            raise ValueError("token-id input is not supported; send text")
-        return value
+    def _input_shape(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # The union's own errors describe its first member only ("should be a valid string").
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise ValueError(
+                "input must be a string, a list of strings, a list of token ids (integers >= 0) or a "
+                f"list of such lists, with at most {MAX_EMBEDDING_INPUTS} inputs"
+            ) from exc
 
     @property
-    def inputs(self) -> list[str]:
-        inputs = [self.input] if isinstance(self.input, str) else list(self.input)
-        for i, text in enumerate(inputs):
-            if not text:
-                param = "input" if isinstance(self.input, str) else f"input.{i}"
+    def inputs(self) -> list[str | list[int]]:
+        value = self.input
+        if isinstance(value, str):
+            inputs: list[str | list[int]] = [value]
+        elif isinstance(value[0], int):
+            inputs = [[int(token) for token in value]]
+        else:
+            inputs = list(value)
+        for i, item in enumerate(inputs):
+            if not item:
+                param = "input" if isinstance(value, str) else f"input.{i}"
                 raise InvalidRequest("an input must not be empty", param=param)
-        if self.dimensions is not None:
-            raise InvalidRequest(
-                "parameter 'dimensions' is not supported", param="dimensions", code="unsupported_parameter"
-            )
         return inputs
 
 
@@ -49,11 +73,37 @@ class RerankDocument(BaseModel):
 
 
 class RerankRequest(RequestModel):
+    """Cohere/Jina's shape (``documents``), or TEI's (``texts``), which is answered in TEI's shape."""
+
     query: str = Field(min_length=1)
-    documents: Annotated[list[str | RerankDocument], Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)]
+    documents: (
+        Annotated[list[str | RerankDocument], Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)] | None
+    ) = None
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = True
+    # Text Embeddings Inference's names.
+    texts: Annotated[list[str], Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)] | None = None
+    #: Scores are the model's logits rather than their sigmoid.
+    raw_scores: bool = False
+    #: TEI: put each text in its result.
+    return_text: bool = False
 
     @property
-    def texts(self) -> list[str]:
+    def tei(self) -> bool:
+        """Whether the request is TEI-shaped, and so is its response."""
+        return self.texts is not None
+
+    @property
+    def candidates(self) -> list[str]:
+        """The texts to score, in the client's order."""
+        if self.texts is not None:
+            if self.documents is not None:
+                raise InvalidRequest("send either 'documents' or 'texts', not both", param="texts")
+            return list(self.texts)
+        if self.documents is None:
+            raise InvalidRequest(
+                "missing required parameter: 'documents'",
+                param="documents",
+                code="missing_required_parameter",
+            )
         return [d if isinstance(d, str) else d.text for d in self.documents]

@@ -63,7 +63,17 @@ def test_model_without_live_worker_is_503_at_once(client):
             ),
             "messages.0.content.0.type",
         ),
-        (chat_body(logprobs=True), "logprobs"),
+        (chat_body(logprobs=True, top_logprobs=21), "top_logprobs"),
+        (chat_body(top_logprobs=2), "top_logprobs"),
+        (chat_body(presence_penalty=2.5), "presence_penalty"),
+        (chat_body(frequency_penalty=-3), "frequency_penalty"),
+        (chat_body(logit_bias={"hello": 1}), "logit_bias"),
+        (chat_body(logit_bias={"5": 101}), "logit_bias.5"),
+        (chat_body(top_k=-2), "top_k"),
+        (chat_body(min_p=1.5), "min_p"),
+        (chat_body(repetition_penalty=0), "repetition_penalty"),
+        (chat_body(stop_token_ids=[-1]), "stop_token_ids.0"),
+        (chat_body(echo=True), "echo"),
         (chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     ],
 )
@@ -75,7 +85,13 @@ def test_invalid_chat_bodies_name_the_parameter(client, body, param):
     "path, body, param",
     [
         ("/v1/completions", {"model": "tiny-chat"}, "prompt"),
-        ("/v1/completions", {"model": "tiny-chat", "prompt": [1, 2, 3]}, "prompt"),
+        ("/v1/completions", {"model": "tiny-chat", "prompt": [1, -2]}, "prompt"),
+        ("/v1/completions", {"model": "tiny-chat", "prompt": [[1], []]}, "prompt"),
+        ("/v1/completions", {"model": "tiny-chat", "prompt": "x", "logprobs": 6}, "logprobs"),
+        ("/v1/embeddings", {"model": "minilm", "input": [[1, 2], [-1]]}, "input"),
+        ("/v1/embeddings", {"model": "minilm", "input": "x", "dimensions": 0}, "dimensions"),
+        ("/v1/rerank", {"model": "tiny-reranker", "query": "q", "texts": []}, "texts"),
+        ("/v1/rerank", {"model": "tiny-reranker", "query": "q", "texts": ["a"], "documents": ["b"]}, "texts"),
         ("/v1/completions", {"model": "tiny-chat", "prompt": "x", "best_of": 3}, "best_of"),
         ("/v1/embeddings", {"model": "minilm", "input": ""}, "input"),
         ("/v1/embeddings", {"model": "minilm", "input": ["a", ""]}, "input.1"),
@@ -109,7 +125,7 @@ def test_body_size_limit_is_413(redis_server, models_file):
         )
         error_of(response, 413)
     finally:
-        app.extensions["modelyard"].router.stop()
+        app.extensions["modelyard"].close()
 
 
 def test_api_keys(redis_server, models_file):
@@ -124,7 +140,7 @@ def test_api_keys(redis_server, models_file):
         assert client.get("/v1/models", headers={"Authorization": "Bearer k2"}).status_code == 200
         assert client.get("/health").status_code == 200
     finally:
-        app.extensions["modelyard"].router.stop()
+        app.extensions["modelyard"].close()
 
 
 def test_health_reports_redis_down(models_file):

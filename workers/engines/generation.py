@@ -27,9 +27,21 @@ from shared.errors import (
     ServiceUnavailable,
 )
 from shared.events import ChoiceDelta, DeltaEvent
-from shared.jobs import ChatMessage, Choice, FinishReason, GenerateJob, GenerateResult, Usage
+from shared.jobs import (
+    ChatMessage,
+    Choice,
+    FinishReason,
+    GenerateJob,
+    GenerateResult,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from shared.models import ModelSpec
+from workers.engines import sampling
 from workers.engines.base import AnyJob, Engine, EventSink, Ticket
+from workers.engines.logprobs import TokenTexts
+from workers.engines.sampling import RowLogprobs, SequenceSampler
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +51,8 @@ RUNNING_PER_SLOT = 4
 DETOKENIZE_CONTEXT = 5
 #: Seconds the idle engine thread sleeps between looks at its inbox (submit wakes it earlier).
 _IDLE_WAIT_S = 1.0
-_SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
+#: Most alternatives per token a job may ask for (OpenAI's ``top_logprobs`` limit).
+MAX_TOP_LOGPROBS = 20
 
 
 class DecodeBatch(Protocol):
@@ -78,6 +91,11 @@ class LanguageModel(Protocol):
         """Tokens that end a choice with finish reason ``stop``."""
         ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are ``0 .. vocab_size - 1``; the logits have this many columns."""
+        ...
+
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the rendered chat, ready for the assistant's turn; raises :class:`InvalidRequest`."""
         ...
@@ -88,6 +106,14 @@ class LanguageModel(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens; a cut multi-byte character comes out as U+FFFD."""
+        ...
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """The bytes each token stands for, for logprobs (a special token: its literal text)."""
+        ...
+
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Logits ``[len(ids) - 1, vocab]`` of a prompt: row ``t`` predicts ``ids[t + 1]`` (for echo)."""
         ...
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, DecodeBatch]:
@@ -173,6 +199,10 @@ class _Request:
     ticket: Ticket
     job: GenerateJob
     prompts: list[list[int]]
+    #: Per prompt, the text an echoing choice starts with.
+    echo_texts: list[str] = field(default_factory=list)
+    #: Per prompt, its tokens' logprob entries (echo with logprobs), made when it is first prefilled.
+    prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
     sequences: list[_Sequence] = field(default_factory=list)
     unfinished: int = 0
     #: Done (finished or failed): its sequences stop at the next step.
@@ -189,68 +219,47 @@ class _Sequence:
     prompt: int
     #: Completion tokens it may generate: max_tokens, or what the context leaves.
     limit: int
-    seed: int | None
+    sampler: SequenceSampler
     detokenizer: _Detokenizer
     stops: _StopMatcher
     generated: int = 0
     #: Sampled but not yet fed to the model.
     last_token: int = -1
     parts: list[str] = field(default_factory=list)
+    #: Every token's entry (echoed prompt tokens first), when the job asked for logprobs.
+    logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
-    _rng: torch.Generator | None = None
 
     @property
     def alive(self) -> bool:
         return self.finish_reason is None and not self.request.closed
 
-    def rng(self, device: torch.device) -> torch.Generator:
-        """This choice's generator: seeded from the job's seed, else from the OS."""
-        if self._rng is None:
-            self._rng = torch.Generator(device=device)
-            if self.seed is None:
-                self._rng.seed()
-            else:
-                self._rng.manual_seed(self.seed & _SEED_MASK)
-        return self._rng
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.job.sampling
 
 
 @dataclass
 class _Outbox:
     """What one engine iteration has to tell the outside world, sent together at its end."""
 
+    #: Per request, per choice index: [text, finish reason, logprob entries or None].
     deltas: dict[_Request, dict[int, list[Any]]] = field(default_factory=dict)
     finished: list[_Request] = field(default_factory=list)
     failed: list[tuple[_Request, ModelyardError]] = field(default_factory=list)
 
-    def add(self, seq: _Sequence, text: str, finish_reason: FinishReason | None) -> None:
-        entry = self.deltas.setdefault(seq.request, {}).setdefault(seq.index, ["", None])
+    def add(
+        self,
+        seq: _Sequence,
+        text: str,
+        finish_reason: FinishReason | None,
+        logprobs: list[TokenLogprob] | None,
+    ) -> None:
+        entry = self.deltas.setdefault(seq.request, {}).setdefault(seq.index, ["", None, None])
         entry[0] += text
         entry[1] = finish_reason or entry[1]
-
-
-def _sample(logits: torch.Tensor, seqs: Sequence[_Sequence]) -> list[int]:
-    """One token per row: greedy at temperature 0, else temperature and top-p with the row's generator."""
-    logits = logits.float()
-    tokens = logits.argmax(dim=-1).tolist()
-    hot = [i for i, seq in enumerate(seqs) if seq.request.job.sampling.temperature > 0]
-    if not hot:
-        return tokens
-    device = logits.device
-    params = [seqs[i].request.job.sampling for i in hot]
-    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
-    probs = torch.softmax(logits[torch.tensor(hot, device=device)] / temperature, dim=-1)
-    order = None
-    if any(p.top_p < 1 for p in params):
-        probs, order = probs.sort(dim=-1, descending=True)
-        top_p = torch.tensor([p.top_p if p.top_p < 1 else float("inf") for p in params], device=device)
-        # Keep the smallest head whose mass reaches top_p: drop a token once the mass before it does.
-        drop = probs.cumsum(dim=-1) - probs >= top_p.unsqueeze(1)
-        drop[:, 0] = False
-        probs = probs.masked_fill(drop, 0.0)
-    for row, i in enumerate(hot):
-        pick = torch.multinomial(probs[row], 1, generator=seqs[i].rng(device))
-        tokens[i] = int(order[row, pick] if order is not None else pick)
-    return tokens
+        if logprobs is not None:
+            entry[2] = [*(entry[2] or []), *logprobs]
 
 
 class GenerationEngine(Engine):
@@ -274,12 +283,17 @@ class GenerationEngine(Engine):
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._batch: DecodeBatch | None = None
+        self._token_texts = TokenTexts(lm.token_bytes)
         self._stats = {
             "max_running_seen": 0,
             "steps": 0,
             "prefills": 0,
             "last_batch_size": 0,
             "tokens_generated": 0,
+            "jobs_done": 0,
+            "jobs_failed": 0,
+            "jobs_cancelled": 0,
+            "jobs_expired": 0,
         }
 
     # -- Engine API (any thread) ------------------------------------------------------------------
@@ -349,6 +363,7 @@ class GenerationEngine(Engine):
             raise InvalidRequest("temperature must not be negative", param="temperature")
         if not 0 <= sampling.top_p <= 1:
             raise InvalidRequest("top_p must be between 0 and 1", param="top_p")
+        self._check_sampling(sampling)
         prompts, param = self._encode(job)
         context = self._lm.context_length
         for ids in prompts:
@@ -363,6 +378,9 @@ class GenerationEngine(Engine):
                     code="context_length_exceeded",
                 )
         req = _Request(ticket=Ticket(job, cancel), job=job, prompts=prompts)
+        if job.echo and job.prompts is not None:
+            # A text prompt echoes as sent; token ids echo as their text.
+            req.echo_texts = [p if isinstance(p, str) else self._lm.decode(p) for p in job.prompts]
         for p, ids in enumerate(prompts):
             room = context - len(ids)
             limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
@@ -375,13 +393,34 @@ class GenerationEngine(Engine):
                         limit=limit,
                         # Seeded by the sample's place among its prompt's n, so a prompt's text
                         # does not depend on the other prompts of the job.
-                        seed=None if sampling.seed is None else sampling.seed + j,
+                        sampler=SequenceSampler(
+                            sampling, ids, None if sampling.seed is None else sampling.seed + j
+                        ),
                         detokenizer=_Detokenizer(self._lm.decode, ids[-DETOKENIZE_CONTEXT:]),
                         stops=_StopMatcher(sampling.stop),
+                        logprobs=None if sampling.logprobs is None else [],
                     )
                 )
         req.unfinished = len(req.sequences)
         return req
+
+    def _check_sampling(self, sampling: SamplingParams) -> None:
+        """Refuse values the API would have refused too (jobs may come from elsewhere)."""
+        vocab = self._lm.vocab_size
+        if sampling.top_k < 0:
+            raise InvalidRequest("top_k must be 0 (off) or positive", param="top_k")
+        if not 0 <= sampling.min_p <= 1:
+            raise InvalidRequest("min_p must be between 0 and 1", param="min_p")
+        if sampling.repetition_penalty <= 0:
+            raise InvalidRequest("repetition_penalty must be positive", param="repetition_penalty")
+        if sampling.logprobs is not None and not 0 <= sampling.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs")
+        for token_id in sampling.logit_bias:
+            if not 0 <= token_id < vocab:
+                raise InvalidRequest(
+                    f"logit_bias names token {token_id}, outside this model's vocabulary of {vocab}",
+                    param="logit_bias",
+                )
 
     def _encode(self, job: GenerateJob) -> tuple[list[list[int]], str]:
         if job.messages is not None and job.prompts is None:
@@ -391,8 +430,19 @@ class GenerationEngine(Engine):
         if job.prompts is not None and job.messages is None:
             if not job.prompts:
                 raise InvalidRequest("prompt must not be empty", param="prompt")
-            return [self._lm.completion_prompt(text) for text in job.prompts], "prompt"
+            return [self._prompt_ids(prompt) for prompt in job.prompts], "prompt"
         raise InvalidRequest("a generation job needs either messages or prompts", param="messages")
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self._lm.completion_prompt(prompt)
+        vocab = self._lm.vocab_size
+        for token_id in prompt:
+            if not 0 <= token_id < vocab:
+                raise InvalidRequest(
+                    f"prompt token {token_id} is outside this model's vocabulary of {vocab}", param="prompt"
+                )
+        return list(prompt)
 
     # -- engine thread ------------------------------------------------------------------------------
 
@@ -471,15 +521,16 @@ class GenerationEngine(Engine):
             if rows != list(range(len(prompts))):  # n > 1: one prefill per prompt, copied per choice
                 batch.keep(rows)
                 logits = logits[torch.tensor(rows, device=logits.device)]
-            tokens = _sample(logits, chosen)
+            picks = self._pick(logits, chosen)
+            self._score_prompts(prompt_row)
         except Exception:
             log.exception("prefill of %d prompts failed", len(prompts))
             for req in {seq.request: None for seq in chosen}:
                 self._close(req, InternalError("the model failed to process the prompt"), out)
             return
         self._stats["prefills"] += 1
-        for seq, token in zip(chosen, tokens, strict=True):
-            self._accept(seq, token, out)
+        for seq, (token, logprob) in zip(chosen, picks, strict=True):
+            self._accept(seq, token, logprob, out)
         keep = [i for i, seq in enumerate(chosen) if seq.alive]
         if not keep:
             return
@@ -499,25 +550,51 @@ class GenerationEngine(Engine):
         seqs = self._running
         try:
             logits = self._batch.step([seq.last_token for seq in seqs])
-            tokens = _sample(logits, seqs)
+            picks = self._pick(logits, seqs)
         except Exception:
             log.exception("decode step of %d sequences failed", len(seqs))
             self._fail_running(out, "the model failed during generation")
             return
         self._stats["steps"] += 1
         self._stats["last_batch_size"] = len(seqs)
-        for seq, token in zip(seqs, tokens, strict=True):
-            self._accept(seq, token, out)
+        for seq, (token, logprob) in zip(seqs, picks, strict=True):
+            self._accept(seq, token, logprob, out)
 
-    def _accept(self, seq: _Sequence, token: int, out: _Outbox) -> None:
+    def _pick(self, logits: torch.Tensor, seqs: Sequence[_Sequence]) -> list[tuple[int, RowLogprobs | None]]:
+        """Each row's next token, and its logprobs when its job asked for them."""
+        samplers = [seq.sampler for seq in seqs]
+        processed = sampling.process(logits, samplers)
+        tokens = sampling.sample(processed, samplers)
+        logprobs = sampling.logprobs(processed, samplers, tokens)
+        sampling.record(samplers, tokens)
+        return list(zip(tokens, logprobs, strict=True))
+
+    def _score_prompts(self, prompts: dict[tuple[_Request, int], int]) -> None:
+        """Logprob entries of the prompts just prefilled whose jobs echo them with logprobs."""
+        for req, p in prompts:
+            k = req.job.sampling.logprobs
+            if not req.job.echo or k is None or p in req.prompt_logprobs:
+                continue
+            ids = req.prompts[p]
+            rows = sampling.prompt_logprobs(self._lm.prompt_logits(ids), ids, k) if len(ids) > 1 else []
+            req.prompt_logprobs[p] = self._token_texts.prompt(ids, rows)
+
+    def _accept(self, seq: _Sequence, token: int, logprob: RowLogprobs | None, out: _Outbox) -> None:
         """Record a sampled token: detokenize, match stop strings, decide whether the choice ends."""
         if not seq.alive:
             return
+        req, params = seq.request, seq.params
+        echo, echo_logprobs = "", []
+        if seq.generated == 0 and req.echo_texts:  # the echoed prompt comes before the first token
+            echo, echo_logprobs = req.echo_texts[seq.prompt], req.prompt_logprobs.get(seq.prompt, [])
         seq.generated += 1
         self._stats["tokens_generated"] += 1
         seq.last_token = token
         finish: FinishReason | None = None
-        if token in self._lm.eos_token_ids:
+        if token in params.stop_token_ids:
+            # vLLM: a stop token's own text stays in the output (special tokens decode to nothing).
+            finish, text = "stop", seq.detokenizer.add(token) + seq.detokenizer.flush()
+        elif token in self._lm.eos_token_ids and not params.ignore_eos:
             finish, text = "stop", seq.detokenizer.flush()
         else:
             text = seq.detokenizer.add(token)
@@ -528,8 +605,13 @@ class GenerationEngine(Engine):
             finish = "stop"
         elif finish is not None:
             text += seq.stops.flush()
+        text = echo + text  # stop strings apply to generated text only
+        entries = None
+        if seq.logprobs is not None:
+            entries = [*echo_logprobs, self._token_texts.entry(token, logprob)]
+            seq.logprobs.extend(entries)
         seq.parts.append(text)
-        out.add(seq, text, finish)
+        out.add(seq, text, finish, entries)
         if finish is not None:
             seq.finish_reason = finish
             seq.request.unfinished -= 1
@@ -565,9 +647,9 @@ class GenerationEngine(Engine):
             if req.closed or not req.job.stream:
                 continue
             deltas = [
-                ChoiceDelta(index=index, text=text, finish_reason=reason)
-                for index, (text, reason) in sorted(choices.items())
-                if text or reason
+                ChoiceDelta(index=index, text=text, finish_reason=reason, logprobs=logprobs)
+                for index, (text, reason, logprobs) in sorted(choices.items())
+                if text or reason or logprobs
             ]
             if deltas:
                 messages.append(
@@ -594,6 +676,7 @@ class GenerationEngine(Engine):
             self._requests = [req for req in self._requests if not req.closed]
 
     def _complete(self, req: _Request, error: ModelyardError | None) -> None:
+        self._stats[_outcome_counter(error)] += 1
         if error is None:
             req.ticket.finish(_result(req))
         else:
@@ -602,11 +685,25 @@ class GenerationEngine(Engine):
             self._active -= 1
 
 
+def _outcome_counter(error: ModelyardError | None) -> str:
+    """The stats counter a job ending with ``error`` (None: success) adds to."""
+    if error is None:
+        return "jobs_done"
+    if isinstance(error, Cancelled):
+        return "jobs_cancelled"
+    return "jobs_expired" if isinstance(error, DeadlineExceeded) else "jobs_failed"
+
+
 def _result(req: _Request) -> GenerateResult:
     prompt_tokens = sum(len(ids) for ids in req.prompts)
     completion_tokens = sum(seq.generated for seq in req.sequences)
     choices = [
-        Choice(index=seq.index, text="".join(seq.parts), finish_reason=seq.finish_reason or "stop")
+        Choice(
+            index=seq.index,
+            text="".join(seq.parts),
+            finish_reason=seq.finish_reason or "stop",
+            logprobs=seq.logprobs,
+        )
         for seq in sorted(req.sequences, key=lambda s: s.index)
     ]
     return GenerateResult(

@@ -14,6 +14,8 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from shared.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -26,7 +28,7 @@ from shared.jobs import EmbedJob, EmbedResult, RerankJob, RerankResult, Usage
 from shared.models import ModelSpec
 from workers.engines.base import AnyJob, AnyResult, Engine, Ticket
 from workers.models.embedding import Embedder
-from workers.models.rerank import Reranker
+from workers.models.rerank import Reranker, sigmoid
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +107,11 @@ class PoolingEngine(Engine):
         """One forward pass: an output per input, in order."""
 
     @abstractmethod
-    def _result(self, outputs: list[Any], usage: Usage) -> AnyResult:
+    def _result(self, job: Any, outputs: list[Any], usage: Usage) -> AnyResult:
         """The job's result from its outputs in input order."""
+
+    def _validate(self, job: Any) -> None:
+        """Refuse a job this model cannot serve (raises :class:`InvalidRequest`); default: accept all."""
 
     # -- Engine -----------------------------------------------------------------------------------
 
@@ -142,6 +147,7 @@ class PoolingEngine(Engine):
             )
         if not self._items(job):
             raise InvalidRequest("the request has no inputs", param=self._input_param)
+        self._validate(job)
         ticket = Ticket(job, cancel)
         with self._lock:
             if self._stopping:
@@ -247,7 +253,7 @@ class PoolingEngine(Engine):
                 continue
             total = sum(p.tokens)
             try:
-                result = self._result(p.outputs, Usage(prompt_tokens=total, total_tokens=total))
+                result = self._result(p.ticket.job, p.outputs, Usage(prompt_tokens=total, total_tokens=total))
             except Exception:
                 logger.exception(
                     "engine %s: building the result of %s failed", self.spec.name, p.ticket.job.job_id
@@ -298,17 +304,38 @@ class EmbeddingEngine(PoolingEngine):
         super().__init__(spec)
         self.embedder = embedder
 
-    def _items(self, job: EmbedJob) -> list[str]:
+    def _items(self, job: EmbedJob) -> list[str | list[int]]:
         return job.inputs
 
-    def _count_tokens(self, items: list[str]) -> list[int]:
+    def _validate(self, job: EmbedJob) -> None:
+        if job.dimensions is not None:
+            dimension = self.embedder.dimension
+            if not 1 <= job.dimensions <= dimension:
+                raise InvalidRequest(
+                    f"dimensions must be between 1 and {dimension}, this model's embedding size",
+                    param="dimensions",
+                )
+        for i, item in enumerate(job.inputs):
+            if isinstance(item, list):
+                vocab = self.embedder.vocab_size
+                if not all(0 <= token < vocab for token in item):
+                    raise InvalidRequest(
+                        f"input {i} has a token id outside the vocabulary of {vocab}", param=f"input.{i}"
+                    )
+
+    def _count_tokens(self, items: list[str | list[int]]) -> list[int]:
         return self.embedder.count_tokens(items)
 
-    def _forward(self, items: list[str]) -> list[list[float]]:
-        return self.embedder.embed(items).tolist()
+    def _forward(self, items: list[str | list[int]]) -> list[np.ndarray]:
+        return list(self.embedder.embed(items))
 
-    def _result(self, outputs: list[list[float]], usage: Usage) -> EmbedResult:
-        return EmbedResult(embeddings=outputs, usage=usage)
+    def _result(self, job: EmbedJob, outputs: list[np.ndarray], usage: Usage) -> EmbedResult:
+        vectors = np.stack(outputs)
+        if job.dimensions is not None and job.dimensions < vectors.shape[1]:
+            # Matryoshka-style: keep the leading dimensions and make each vector unit length again.
+            vectors = vectors[:, : job.dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return EmbedResult(embeddings=vectors.astype(np.float32).tolist(), usage=usage)
 
 
 class RerankEngine(PoolingEngine):
@@ -328,7 +355,9 @@ class RerankEngine(PoolingEngine):
         return self.reranker.count_pair_tokens(items)
 
     def _forward(self, items: list[tuple[str, str]]) -> list[float]:
-        return self.reranker.score_pairs(items)
+        # Logits: jobs that want raw scores and jobs that want probabilities share a pass.
+        return self.reranker.logits_pairs(items)
 
-    def _result(self, outputs: list[float], usage: Usage) -> RerankResult:
-        return RerankResult(scores=outputs, usage=usage)
+    def _result(self, job: RerankJob, outputs: list[float], usage: Usage) -> RerankResult:
+        scores = outputs if job.raw_scores else [sigmoid(x) for x in outputs]
+        return RerankResult(scores=scores, usage=usage)

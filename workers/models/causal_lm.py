@@ -136,6 +136,7 @@ class CausalLM:
         self._vocab = len(tokenizer)
         self._eos = _eos_token_ids(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._token_bytes = TokenBytes(tokenizer)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> CausalLM:
@@ -176,6 +177,15 @@ class CausalLM:
     def eos_token_ids(self) -> frozenset[int]:
         """The tokenizer's eos token and every eos id of the generation config."""
         return self._eos
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1`` (the tokenizer's, added tokens included)."""
+        return self._vocab
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """The UTF-8 bytes each token stands for (a special token: its literal text)."""
+        return self._token_bytes(ids)
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Render the chat template with the assistant's turn opened, then tokenize it."""
@@ -229,6 +239,13 @@ class CausalLM:
         lengths = mask.sum(dim=1)
         return logits, KVBatch(self, cache, mask, lengths)
 
+    @torch.inference_mode()
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Float32 logits ``[len(ids) - 1, vocab]``: row ``t`` is the model's guess for ``ids[t + 1]``."""
+        tokens = torch.tensor([list(ids)], dtype=torch.long, device=self._device)
+        out = self.model(input_ids=tokens, use_cache=False)
+        return out.logits[0, :-1, : self._vocab].float()
+
     def _forward_new(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, Cache]:
@@ -253,6 +270,54 @@ class CausalLM:
     def _last_logits(self, logits: torch.Tensor) -> torch.Tensor:
         # Embedding matrices are often padded past the tokenizer: never sample an id it cannot decode.
         return logits[:, -1, : self._vocab].float()
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the printable character standing for each byte, reversed."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)}
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+class TokenBytes:
+    """Maps token ids to the bytes they decode to, for logprobs (whose tokens may split a character).
+
+    Decoding one id alone turns half a character into U+FFFD, so byte-level BPE tokens are mapped
+    through GPT-2's alphabet and SentencePiece byte-fallback tokens (``<0xE2>``) read as their byte;
+    other tokenizers fall back to decoding the id alone.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tokenizer
+        self._special = set(tokenizer.all_special_ids)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = str(getattr(backend, "decoder", "") or "")
+        self._alphabet = _byte_level_alphabet() if "ByteLevel" in decoder else None
+        self._sentencepiece = "ByteFallback" in decoder or "Metaspace" in decoder or "▁" in decoder
+
+    def __call__(self, ids: Sequence[int]) -> list[bytes]:
+        tokens = self._tokenizer.convert_ids_to_tokens(list(ids))
+        return [self._one(i, token) for i, token in zip(ids, tokens, strict=True)]
+
+    def _one(self, token_id: int, token: str | None) -> bytes:
+        if token is None:
+            return b""
+        if token_id in self._special:
+            return token.encode()
+        alphabet = self._alphabet
+        if alphabet is not None and all(c in alphabet for c in token):
+            return bytes(alphabet[c] for c in token)
+        if self._sentencepiece:
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                return bytes([int(token[3:5], 16)])
+            return token.replace("▁", " ").encode()
+        return self._tokenizer.decode([token_id]).encode()
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

@@ -61,23 +61,56 @@ class Embedder:
         """Length of each embedding vector."""
         return int(self.model.get_embedding_dimension())
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens each input uses after truncation, special tokens included."""
-        if not texts:
-            return []
-        encoded = self.model.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)
-        return [len(ids) for ids in encoded["input_ids"]]
+    @property
+    def vocab_size(self) -> int:
+        """Token ids of inputs given as ids must be below this."""
+        return len(self.model.tokenizer)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed ``texts`` in one forward pass: float32 ``[n, dim]``, each row L2-normalised."""
-        if not texts:
+    def count_tokens(self, inputs: list[str | list[int]]) -> list[int]:
+        """Tokens each input uses after truncation, special tokens included."""
+        return [len(ids) for ids in self._token_ids(inputs)]
+
+    def embed(self, inputs: list[str | list[int]]) -> np.ndarray:
+        """Embed texts or token-id lists in one forward pass: float32 ``[n, dim]``, rows L2-normalised.
+
+        Token ids are used as they are (the client's ids, special tokens included or not) and cut
+        to :attr:`max_tokens`.
+        """
+        if not inputs:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if all(isinstance(item, str) for item in inputs):
+            with torch.inference_mode():
+                vectors = self.model.encode(
+                    list(inputs),
+                    batch_size=len(inputs),
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                )
+            return np.asarray(vectors, dtype=np.float32)
+        return self._embed_ids(self._token_ids(inputs))
+
+    def _token_ids(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        texts = [item for item in inputs if isinstance(item, str)]
+        encoded = iter(
+            self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+            if texts
+            else []
+        )
+        return [list(next(encoded)) if isinstance(item, str) else item[: self.max_tokens] for item in inputs]
+
+    def _embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """The model's forward pass on right-padded token ids (what ``encode`` runs after tokenizing)."""
+        tokenizer = self.model.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max(len(row) for row in ids)
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], dtype=torch.long)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=torch.long)
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in tokenizer.model_input_names:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        device = self.model.device
         with torch.inference_mode():
-            vectors = self.model.encode(
-                list(texts),
-                batch_size=len(texts),
-                show_progress_bar=False,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-            )
-        return np.asarray(vectors, dtype=np.float32)
+            out = self.model({name: t.to(device) for name, t in features.items()})
+            vectors = torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=-1)
+        return vectors.cpu().numpy().astype(np.float32)

@@ -138,6 +138,10 @@ class FakeLM:
         """Bytes of the tokens as UTF-8, eos skipped; a cut character becomes U+FFFD."""
         return b"".join(self._pieces[i] for i in ids if i != EOS_ID).decode("utf-8", errors="replace")
 
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """Each token's bytes; the eos token is ``b"<eos>"``."""
+        return [self._pieces[i] for i in ids]
+
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The contents joined by newlines (so a one-message chat echoes its message)."""
         if not self.chat_template:
@@ -159,6 +163,13 @@ class FakeLM:
                 raise ValueError(f"bad prompt length {len(ids)}")
             rows.append(_Row(tuple(ids), len(ids), ids[-1]))
         return self._logits(rows), FakeBatch(self, rows)
+
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Logits ``[len(ids) - 1, vocab]`` for each next prompt token (the echo target is that token)."""
+        self._work("prompt", 1)
+        if len(ids) < 2:
+            return torch.zeros(0, self.vocab_size)
+        return self._logits([_Row(tuple(ids), t + 1, ids[t]) for t in range(len(ids) - 1)])
 
     def _work(self, kind: str, rows: int) -> None:
         with self._lock:

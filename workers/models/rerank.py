@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,14 +18,16 @@ logger = logging.getLogger(__name__)
 
 
 class Reranker:
-    """A loaded one-logit cross-encoder; each (query, document) pair is truncated to :attr:`max_tokens`."""
+    """A loaded one-logit cross-encoder; each (query, document) pair is truncated to :attr:`max_tokens`.
+
+    Scores are the sigmoid of the logit, applied here rather than read from the checkpoint (which may
+    save Identity), so they are always in [0, 1].
+    """
 
     def __init__(self, model: CrossEncoder, max_tokens: int) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.model.max_seq_length = max_tokens
-        # Pinned rather than read from the checkpoint, which may save Identity: scores must be in [0, 1].
-        self._activation = torch.nn.Sigmoid()
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Reranker:
@@ -65,6 +68,10 @@ class Reranker:
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Like :meth:`score` for pairs that may have different queries, in one forward pass."""
+        return [sigmoid(x) for x in self.logits_pairs(pairs)]
+
+    def logits_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """The model's raw relevance logit of each pair (TEI's ``raw_scores``), in one forward pass."""
         if not pairs:
             return []
         with torch.inference_mode():
@@ -72,7 +79,15 @@ class Reranker:
                 list(pairs),
                 batch_size=len(pairs),
                 show_progress_bar=False,
-                activation_fn=self._activation,
+                activation_fn=torch.nn.Identity(),
                 convert_to_numpy=True,
             )
         return [float(s) for s in scores.reshape(-1)]
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function, without overflow for large ``|x|``."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
