@@ -22,6 +22,7 @@ from api.fleet import wait_estimate
 from api.replies import Event, ReplyRouter
 from shared import keys
 from shared.errors import (
+    Cancelled,
     DeadlineExceeded,
     InternalError,
     InvalidRequest,
@@ -29,7 +30,7 @@ from shared.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from shared.events import DoneEvent, ErrorEvent, WorkerLostEvent
+from shared.events import DoneEvent, ErrorEvent, WorkerLostEvent, encode_event
 from shared.jobs import EmbedJob, GenerateJob, RerankJob, decode_result
 from shared.models import ModelCatalog, ModelKind, ModelSpec
 
@@ -212,6 +213,11 @@ class Dispatcher:
             status = rq_job.get_status()
             if status == JobStatus.QUEUED:
                 rq_job.cancel()
+                # No worker will ever speak for this job: tell whoever waits for it (if anyone).
+                reply_to = (rq_job.kwargs.get("payload") or {}).get("reply_to")
+                if reply_to:
+                    error = Cancelled("the request was cancelled while it was queued")
+                    self.redis.publish(reply_to, encode_event(ErrorEvent.from_error(job_id, error)))
             elif status == JobStatus.STARTED:
                 send_stop_job_command(self.redis, job_id, serializer=JSONSerializer)
         except (NoSuchJobError, InvalidJobOperation):

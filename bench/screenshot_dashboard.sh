@@ -52,7 +52,7 @@ YAML
   pids+=($!)
   API_URL="http://127.0.0.1:$api_port"
   dashboard_port=$(free_port)
-  "$VENV/bin/rq-dashboard" --json --bind 127.0.0.1 --port "$dashboard_port" \
+  bin/dashboard --json --bind 127.0.0.1 --port "$dashboard_port" \
     --redis-url "$MODELYARD_REDIS_URL" >"$work/dashboard.log" 2>&1 &
   pids+=($!)
   DASHBOARD_URL="http://127.0.0.1:$dashboard_port"
@@ -61,7 +61,7 @@ DASHBOARD_URL="${DASHBOARD_URL:-http://127.0.0.1:9181}"
 streams="${streams:-${LOAD_STREAMS:-12}}"  # bin/up's chat model has 8 slots
 
 # Wait for every model to have a worker and for the dashboard, send a few requests of each kind,
-# then start more long chat streams than the chat worker has slots (they run while we shoot).
+# then keep more long chat requests going than the chat worker has slots (while we shoot).
 "$PY" - "$API_URL" "$DASHBOARD_URL" "$work/load.pid" "$streams" <<'PY' &
 import json, os, sys, threading, time, urllib.request
 
@@ -91,14 +91,12 @@ for i in range(3):
 with open(pid_file + ".ready", "w"):
     pass
 prompt = [{"role": "user", "content": "Write a long story."}]
-threads = [
-    threading.Thread(
-        target=call,
-        args=("/v1/chat/completions", {"model": "tiny-chat", "messages": prompt, "max_tokens": 1500, "temperature": 0}),
-        daemon=True,
-    )
-    for _ in range(int(streams))
-]
+
+def keep_busy():  # until the shell, done shooting, ends this process
+    while True:
+        call("/v1/chat/completions", {"model": "tiny-chat", "messages": prompt, "max_tokens": 1500, "temperature": 0})
+
+threads = [threading.Thread(target=keep_busy, daemon=True) for _ in range(int(streams))]
 for thread in threads:
     thread.start()
     time.sleep(0.05)

@@ -51,7 +51,8 @@ def models_file(tmp_path_factory, models_dir: Path) -> Path:
 models:
   - {{name: tiny-chat, aliases: [gpt-test], kind: chat, source: "{chat}", context_length: 256,
      max_batch_size: 4}}
-  - {{name: tiny-chat-spare, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 2}}
+  - {{name: tiny-chat-spare, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 2,
+     max_queue: 3}}
   - {{name: ghost, kind: chat, source: "{chat}"}}
   - name: minilm
     aliases: [all-MiniLM-L6-v2, text-embedding-3-small]

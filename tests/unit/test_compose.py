@@ -77,6 +77,7 @@ def test_workers_serve_models_of_the_models_file(services):
 
 def test_rq_dashboard_uses_the_json_serializer(services):
     command = services["rq-dashboard"]["command"]
-    assert command[0] == "rq-dashboard" and "--json" in command
+    # bin/dashboard: rq-dashboard with the fix that lets it show busy workers of JSON jobs.
+    assert command[0] == "bin/dashboard" and "--json" in command
     assert command[command.index("--redis-url") + 1] == REDIS_URL
     assert "9181:9181" in services["rq-dashboard"]["ports"]

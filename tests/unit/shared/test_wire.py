@@ -91,3 +91,34 @@ def test_bad_models_files(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ModelsFileError):
         ModelCatalog.load(path)
+
+
+def test_logprobs_and_new_job_fields_round_trip():
+    from shared.jobs import SamplingParams, TokenLogprob, TopLogprob
+
+    entries = [
+        TokenLogprob(id=5, token="He", bytes=[72, 101]),  # an echoed prompt's first token: no logprob
+        TokenLogprob(
+            id=9,
+            token="\ufffd",
+            bytes=[240],
+            logprob=-0.5,
+            top=[TopLogprob(id=9, token="\ufffd", bytes=[240], logprob=-0.5)],
+        ),
+    ]
+    delta = DeltaEvent(job_id="j", seq=0, deltas=[ChoiceDelta(index=0, text="", logprobs=entries)])
+    assert decode_event(encode_event(delta)) == delta
+    sampling = SamplingParams(logit_bias={12: -100.0}, stop_token_ids=[3], top_k=4, logprobs=2)
+    job = decode_job(
+        {
+            "type": "generate",
+            "job_id": "a",
+            "model": "m",
+            "reply_to": "c",
+            "deadline": 1,
+            "prompts": ["text", [1, 2, 3]],
+            "echo": True,
+            "sampling": sampling.model_dump(mode="json"),  # JSON keys: the token ids become strings
+        }
+    )
+    assert job.sampling == sampling and job.prompts == ["text", [1, 2, 3]]

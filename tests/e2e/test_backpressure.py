@@ -1,0 +1,68 @@
+"""A full queue answers 429 with Retry-After; jobs can be inspected and cancelled through /v1/jobs."""
+
+import threading
+import time
+
+import openai
+import requests
+from rq import Queue
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from tests.support import wait_until
+
+SPARE = "tiny-chat-spare"  # two slots and max_queue 3 in the test models file
+LONG = {"model": SPARE, "messages": [{"role": "user", "content": "go"}], "max_tokens": 1800, "temperature": 0}
+
+
+def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api_server, redis_server):
+    worker = start_worker(SPARE)
+    redis = redis_server.client()
+    queue = Queue(SPARE, connection=redis, serializer=JSONSerializer)
+    started = StartedJobRegistry(SPARE, connection=redis, serializer=JSONSerializer)
+    answers: list[requests.Response] = []
+
+    def call() -> None:
+        answers.append(requests.post(api_server.url + "/v1/chat/completions", json=LONG, timeout=120))
+
+    callers = [threading.Thread(target=call) for _ in range(5)]
+    try:
+        for caller in callers[:2]:
+            caller.start()
+        wait_until(lambda: len(started.get_job_ids(cleanup=False)) == 2, 10, "both slots to be busy")
+        for caller in callers[2:]:
+            caller.start()
+        wait_until(lambda: queue.count == 3, 10, "three queued jobs")
+
+        with openai.OpenAI(base_url=api_server.url + "/v1", api_key="x", max_retries=0) as client:
+            try:
+                client.chat.completions.create(**LONG)
+                raise AssertionError("a request past the queue limit was accepted")
+            except openai.RateLimitError as full:
+                assert full.code == "queue_full"
+                assert 1 <= int(full.response.headers["Retry-After"]) <= 300
+
+        queued = queue.get_job_ids()
+        for position, job_id in enumerate(queued):
+            job = requests.get(f"{api_server.url}/v1/jobs/{job_id}", timeout=5).json()
+            assert (job["status"], job["queue_position"], job["model"]) == ("queued", position, SPARE)
+        running = started.get_job_ids(cleanup=False)
+        assert requests.get(f"{api_server.url}/v1/jobs/chatcmpl-{running[0]}", timeout=5).json()[
+            "status"
+        ] == ("started")
+
+        cancelled_at = time.monotonic()
+        for job_id in queued + running:
+            assert requests.delete(f"{api_server.url}/v1/jobs/{job_id}", timeout=5).status_code == 200
+        for caller in callers:
+            caller.join(30)
+        assert time.monotonic() - cancelled_at < 10
+        assert len(answers) == 5
+        for answer in answers:
+            assert answer.status_code == 499, answer.text
+            assert answer.json()["error"]["code"] == "cancelled"
+        assert requests.get(f"{api_server.url}/v1/jobs/{running[0]}", timeout=5).json()["status"] == "stopped"
+        assert requests.get(f"{api_server.url}/v1/jobs/{queued[0]}", timeout=5).json()["status"] == "canceled"
+        assert requests.delete(f"{api_server.url}/v1/jobs/no-such-job", timeout=5).status_code == 404
+    finally:
+        worker.stop()
