@@ -143,8 +143,10 @@ class MeteredDispatcher(Dispatcher):
         if record is not None:
             record.job_id, record.model = job.job_id, job.model
             record.stream = bool(getattr(job, "stream", False))
+        ticket = super().submit(job, *args, **kwargs)
+        if record is not None:  # events are read only after submit returns; close() forgets it
             self._records[job.job_id] = record
-        return super().submit(job, *args, **kwargs)
+        return ticket
 
     def events(self, ticket: Ticket, *args: Any, **kwargs: Any):
         record = self._records.get(ticket.job.job_id)

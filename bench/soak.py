@@ -110,8 +110,11 @@ class Stack:
         self.redis.stop()
 
 
-def one_request(url: str, rng: random.Random) -> str:
-    """Send one random request; returns 'ok', 'clear' (an OpenAI error), 'unclear' or 'hung'."""
+def one_request(url: str, rng: random.Random, codes: Counter) -> str:
+    """Send one random request; returns 'ok', 'clear' (an OpenAI error), 'unclear' or 'hung'.
+
+    Like a well-behaved client, it waits out a 429/503's Retry-After (at most 2 s) before returning.
+    """
     kind = rng.choice(["chat", "chat-stream", "completion", "embeddings", "rerank"])
     body: dict
     if kind.startswith("chat"):
@@ -131,13 +134,22 @@ def one_request(url: str, rng: random.Random) -> str:
     try:
         response = requests.post(url + path, json=body, timeout=HANG_S, stream=body.get("stream", False))
         if response.status_code != 200:
-            return "clear" if "error" in response.json() else "unclear"
+            error = response.json().get("error")
+            if not error:
+                return "unclear"
+            codes[f"{response.status_code} {error['code']}"] += 1
+            if response.status_code in (429, 503):
+                time.sleep(min(2.0, float(response.headers.get("Retry-After", 1))))
+            return "clear"
         if not body.get("stream"):
             response.json()
             return "ok"
         lines = [line for line in response.iter_lines() if line]
         if lines and lines[-1] == b"data: [DONE]":
-            return "clear" if any(line.startswith(b'data: {"error"') for line in lines) else "ok"
+            if any(line.startswith(b'data: {"error"') for line in lines):
+                codes["stream error frame"] += 1
+                return "clear"
+            return "ok"
         return "unclear"
     except requests.Timeout:
         return "hung"
@@ -145,9 +157,9 @@ def one_request(url: str, rng: random.Random) -> str:
         return "unclear"
 
 
-def chaos(stack: Stack, stop: threading.Event, rng: random.Random, events: Counter) -> None:
-    """Every few seconds: kill -9 a worker, SIGTERM one, or restart Redis; then bring it back."""
-    while not stop.wait(rng.uniform(6, 12)):
+def chaos(stack: Stack, stop: threading.Event, rng: random.Random, events: Counter, every: float) -> None:
+    """About every ``every`` seconds: kill -9 a worker, SIGTERM one, or restart Redis; then bring it back."""
+    while not stop.wait(rng.uniform(every / 2, every * 1.5)):
         action = rng.choice(["kill", "kill", "term", "redis"])
         if action == "redis":
             stack.redis.stop()
@@ -167,12 +179,14 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--chaos-every", type=float, default=20, help="mean seconds between chaos events")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="modelyard-soak-"))
     stack = Stack(folder)
     stack.start()
     outcomes: Counter = Counter()
+    codes: Counter = Counter()
     chaos_events: Counter = Counter()
     lock = threading.Lock()
     stop = threading.Event()
@@ -181,13 +195,13 @@ def main() -> int:
     def client(i: int) -> None:
         rng = random.Random(args.seed * 1000 + i)
         while time.monotonic() < end:
-            outcome = one_request(stack.url, rng)
+            outcome = one_request(stack.url, rng, codes)
             with lock:
                 outcomes[outcome] += 1
 
     try:
         chaos_thread = threading.Thread(
-            target=chaos, args=(stack, stop, random.Random(args.seed), chaos_events)
+            target=chaos, args=(stack, stop, random.Random(args.seed), chaos_events, args.chaos_every)
         )
         chaos_thread.start()
         clients = [threading.Thread(target=client, args=(i,)) for i in range(args.concurrency)]
@@ -215,8 +229,10 @@ def main() -> int:
         "failed_with_clear_error": outcomes["clear"],
         "failed_unclear": outcomes["unclear"],
         "hung": outcomes["hung"],
+        "errors": dict(codes),
         "leftover_started": leftover,
         "chaos": dict(chaos_events),
+        "chaos_every_s": args.chaos_every,
         "logs": str(folder),
     }
     print(json.dumps(summary))

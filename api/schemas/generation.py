@@ -101,7 +101,7 @@ class _GenerationRequest(RequestModel):
     @classmethod
     def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.strip().isdigit():
+            if not (key.strip().isascii() and key.strip().isdigit()):  # int() refuses "²"
                 raise ValueError(f"keys must be token ids, not {key!r}")
         return value
 

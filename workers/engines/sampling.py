@@ -27,6 +27,9 @@ _SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
 MIN_LOGPROB = -9999.0
 #: Tokens searched for the top-p nucleus before falling back to sorting the whole vocabulary.
 NUCLEUS_HEAD = 1024
+#: vLLM's epsilon: a lower temperature samples greedily (dividing by it would overflow).
+GREEDY_TEMPERATURE = 1e-5
+_LOGIT_LIMIT = 1e30
 
 
 class SequenceSampler:
@@ -135,6 +138,8 @@ def process(logits: torch.Tensor, rows: Sequence[SequenceSampler]) -> torch.Tens
         if any(p.repetition_penalty != 1 for p in params):
             repetition = _column([p.repetition_penalty for p in params], device)
             repeated = torch.where(sub > 0, sub / repetition, sub * repetition)
+            # A tiny penalty must not overflow to inf (softmax of inf is NaN): clamp, exact for the rest.
+            repeated = repeated.clamp(min=-_LOGIT_LIMIT, max=_LOGIT_LIMIT)
             sub = torch.where(prompt | generated, repeated, sub)
         if any(p.frequency_penalty != 0 for p in params):
             sub = sub - _column([p.frequency_penalty for p in params], device) * counts
@@ -145,8 +150,8 @@ def process(logits: torch.Tensor, rows: Sequence[SequenceSampler]) -> torch.Tens
 
 
 def sample(processed: torch.Tensor, rows: Sequence[SequenceSampler]) -> list[int]:
-    """One token per row: argmax at temperature 0, else a draw from the truncated distribution."""
-    hot = [i for i, row in enumerate(rows) if row.params.temperature > 0]
+    """One token per row: argmax at temperature 0 (below 1e-5), else a draw from what truncation leaves."""
+    hot = [i for i, row in enumerate(rows) if row.params.temperature >= GREEDY_TEMPERATURE]
     if len(hot) < len(rows):
         tokens = processed.argmax(dim=-1).tolist()
     else:

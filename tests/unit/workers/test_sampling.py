@@ -152,6 +152,19 @@ def test_logprobs_are_the_log_softmax_of_the_processed_logits() -> None:
     assert out[2] is None
 
 
+def test_extreme_values_stay_finite() -> None:
+    logits = torch.randn(2, 30) * 5
+    tiny_temperature = row(temperature=1e-300, seed=1)
+    tiny_penalty = row((1, 2, 3), temperature=1.0, repetition_penalty=1e-30, logprobs=2, seed=1)
+    tiny_penalty.record(4)
+    processed = sampling.process(logits, [tiny_temperature, tiny_penalty])
+    tokens = sampling.sample(processed, [tiny_temperature, tiny_penalty])
+    out = sampling.logprobs(processed, [tiny_temperature, tiny_penalty], tokens)
+    assert tokens[0] == int(logits[0].argmax())
+    assert torch.isfinite(processed).all()
+    assert out[1] is not None and all(v == v for v in (out[1].logprob, *(v for _, v in out[1].top)))
+
+
 def test_a_seeded_row_draws_the_same_alone_or_next_to_any_rows() -> None:
     steps = [torch.randn(6, 500) * 2 for _ in range(40)]
     target = {"temperature": 0.9, "top_p": 0.95, "seed": 7}
