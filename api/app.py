@@ -8,9 +8,9 @@ from api import observe, routes
 from api.auth import check_api_key
 from api.errors import register_error_handlers
 from api.janitor import Janitor
-from api.ratelimit import RateLimiter
 from api.metrics import ApiMetrics
 from api.observe import MeteredDispatcher
+from api.ratelimit import RateLimiter
 from api.replies import ReplyRouter
 from api.routes.prefixes import mount_aliases
 from api.services import EXTENSION, Services

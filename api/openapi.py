@@ -80,7 +80,10 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _ok("The model"), **_errors()},
         }
     }
-    job = {"parameters": [{"name": "job_id", **path_param}], "responses": {"200": _ok("The job"), **_errors()}}
+    job = {
+        "parameters": [{"name": "job_id", **path_param}],
+        "responses": {"200": _ok("The job"), **_errors()},
+    }
     paths["/v1/jobs/{job_id}"] = {
         "get": {"operationId": "get_job", **job},
         "delete": {"operationId": "cancel_job", **job},

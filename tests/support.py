@@ -168,5 +168,10 @@ def start_api(env: dict[str, str], log_path: Path) -> tuple[ApiServer, object]:
         except (requests.ConnectionError, requests.Timeout):  # gunicorn accepts before its app loaded
             return False
 
-    wait_until(healthy, 60, "the API", interval=0.2)
+    try:
+        wait_until(healthy, 60, "the API", interval=0.2)
+    except BaseException:
+        stop_process(proc)  # nobody else would: the caller never gets the server
+        log.close()
+        raise
     return server, log

@@ -45,7 +45,9 @@ def test_requests_per_minute_per_key(limited_api):
 def test_tokens_per_minute_per_key(limited_api):
     fresh_window()
     bob = openai.OpenAI(base_url=limited_api.url + "/v1", api_key="bob", max_retries=0)
-    used = bob.embeddings.create(model="minilm", input=["a long sentence about cats " * 10]).usage.total_tokens
+    used = bob.embeddings.create(
+        model="minilm", input=["a long sentence about cats " * 10]
+    ).usage.total_tokens
     assert used > 40
     with pytest.raises(openai.RateLimitError) as caught:
         bob.embeddings.create(model="minilm", input="short")
