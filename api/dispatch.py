@@ -132,6 +132,13 @@ class Dispatcher:
             )
         return self._queues[model]
 
+    def queue_position(self, job: AnyJob) -> int | None:
+        """Jobs ahead of ``job`` in its queue (0: next), or None once a worker took it."""
+        try:
+            return self.queue(job.model).get_job_position(job.job_id)
+        except RedisError:
+            return None
+
     # -- waiting ---------------------------------------------------------------------------
     def events(self, ticket: Ticket, client_gone: Callable[[], bool]) -> Iterator[Event | None]:
         """The job's events until a terminal one; ``None`` each idle tick (for keep-alives).

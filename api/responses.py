@@ -210,6 +210,11 @@ DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
 
 
+def queue_comment(position: int) -> str:
+    """An SSE comment (clients ignore it) telling a waiting stream how many jobs are ahead of it."""
+    return f": queued position={position}\n\n"
+
+
 def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
 

@@ -104,24 +104,25 @@ def _generate(gen: Generation):
 
 
 def open_stream(gen: Generation, client_gone: Callable[[], bool]) -> Stream | None:
-    """Submit a streaming job and wait for its first event.
+    """Submit a streaming job and wait up to one tick (a second) for its first event.
 
     Holding the response until the worker accepted the job lets its errors (a prompt longer than
-    the context, say) keep their HTTP status: they are raised here, not sent mid-stream. None if
-    the client left while the job was queued.
+    the context, say) keep their HTTP status: they are raised here, not sent mid-stream. A job
+    still queued after that tick starts its stream anyway, with its queue position as SSE
+    comments until the first token. None if the client left meanwhile.
     """
     dispatcher = services().dispatcher
     created = int(time.time())
     ticket = dispatcher.submit(gen.job)
     events = dispatcher.events(ticket, client_gone)
     try:
-        first = next((event for event in events if event is not None), None)
+        first = next(events)
+    except StopIteration:
+        dispatcher.close(ticket)
+        return None
     except BaseException:
         dispatcher.close(ticket)
         raise
-    if first is None:
-        dispatcher.close(ticket)
-        return None
     if isinstance(first, ErrorEvent):
         dispatcher.close(ticket)
         raise first.to_error()
@@ -147,13 +148,16 @@ class Stream:
         Runs after the view returned, outside the app context: everything it needs is kept here.
         """
         dispatcher, ticket, writer = self.dispatcher, self.ticket, self.writer
-        finished = False
+        finished = started = False
         try:
             yield from writer.opening(self.choices)
             for event in self.events:
                 if event is None:
-                    yield responses.KEEPALIVE
-                elif isinstance(event, DeltaEvent):
+                    position = None if started else dispatcher.queue_position(ticket.job)
+                    yield responses.KEEPALIVE if position is None else responses.queue_comment(position)
+                    continue
+                started = True
+                if isinstance(event, DeltaEvent):
                     for delta in event.deltas:
                         yield from writer.delta(delta)
                 elif isinstance(event, DoneEvent):

@@ -66,3 +66,39 @@ def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api
         assert requests.delete(f"{api_server.url}/v1/jobs/no-such-job", timeout=5).status_code == 404
     finally:
         worker.stop()
+
+
+def test_a_queued_stream_reports_its_position_until_the_first_token(start_worker, api_server, redis_server):
+    worker = start_worker(SPARE)
+    started = StartedJobRegistry(SPARE, connection=redis_server.client(), serializer=JSONSerializer)
+    busy = [
+        threading.Thread(
+            target=requests.post,
+            args=(api_server.url + "/v1/chat/completions",),
+            kwargs={"json": LONG, "timeout": 120},
+        )
+        for _ in range(2)
+    ]
+    try:
+        for thread in busy:
+            thread.start()
+        wait_until(lambda: len(started.get_job_ids(cleanup=False)) == 2, 10, "both slots to be busy")
+        body = {**LONG, "max_tokens": 5, "stream": True}
+        with requests.post(api_server.url + "/v1/chat/completions", json=body, stream=True, timeout=60) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines(decode_unicode=True)
+            comments = []
+            for line in lines:
+                if line.startswith(": queued"):
+                    comments.append(line)
+                    if len(comments) == 2:
+                        break
+            assert comments == [": queued position=0"] * 2
+            for job_id in started.get_job_ids(cleanup=False):  # free a slot: the stream starts
+                requests.delete(f"{api_server.url}/v1/jobs/{job_id}", timeout=5)
+            rest = [line for line in lines if line.startswith("data:")]
+            assert rest[-1] == "data: [DONE]" and any('"content"' in line for line in rest)
+    finally:
+        for thread in busy:
+            thread.join(30)
+        worker.stop()
