@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler
 
 from shared.errors import InvalidRequest
 
@@ -13,6 +13,42 @@ log = logging.getLogger(__name__)
 
 #: Largest seed torch accepts, and the bounds OpenAI documents for integer fields.
 INT64_MAX = 2**63 - 1
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
+
+
+def text_or_tokens(limit: int) -> Any:
+    """OpenAI's four shapes of a prompt or an input: text, texts, token ids, lists of token ids."""
+    return (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=limit)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=limit)]
+    )
+
+
+def check_text_or_tokens(
+    value: object, handler: ValidatorFunctionWrapHandler, field: str, limit: int
+) -> object:
+    """Validate a :func:`text_or_tokens` field with one clear message: the union's own errors
+    describe only its first member ("should be a valid string")."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        raise ValueError(
+            f"{field} must be a string, a list of strings, a list of token ids (integers >= 0) or a "
+            f"list of such lists, none of them empty, at most {limit} of them"
+        ) from exc
+
+
+def as_items(value: str | list) -> list[str | list[int]]:
+    """One item per prompt or input, whichever :func:`text_or_tokens` shape the client sent."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value[0], int):
+        return [list(value)]
+    return list(value)
 
 
 class RequestModel(BaseModel):

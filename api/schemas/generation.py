@@ -8,19 +8,26 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-from api.schemas.base import INT64_MAX, RequestModel, reject_unsupported
+from api.schemas.base import (
+    INT64_MAX,
+    RequestModel,
+    as_items,
+    check_text_or_tokens,
+    reject_unsupported,
+    text_or_tokens,
+)
 from shared.errors import InvalidRequest
 from shared.jobs import ChatMessage, SamplingParams
 
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+#: Prompts in one completions request.
+MAX_PROMPTS = 1024
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 #: Parameters accepted only with their neutral value until the engine implements them.
@@ -160,12 +167,7 @@ class ChatCompletionRequest(_GenerationRequest):
 
 class CompletionRequest(_GenerationRequest):
     #: Text, texts, token ids or lists of token ids; one choice group per prompt.
-    prompt: (
-        str
-        | Annotated[list[str], Field(min_length=1, max_length=1024)]
-        | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=1024)]
-    )
+    prompt: text_or_tokens(MAX_PROMPTS)
     #: OpenAI's default for completions is 16 tokens.
     max_tokens: MaxTokens | None = 16
     best_of: int | None = Field(None, ge=1, le=128)
@@ -176,26 +178,14 @@ class CompletionRequest(_GenerationRequest):
     @field_validator("prompt", mode="wrap")
     @classmethod
     def _prompt_shape(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
-        # The union's own errors describe its first member only ("should be a valid string").
-        try:
-            return handler(value)
-        except ValidationError as exc:
-            raise ValueError(
-                "prompt must be a string, a list of strings, a list of token ids (integers >= 0) or "
-                "a list of such lists, none of them empty, at most 1024 prompts"
-            ) from exc
+        return check_text_or_tokens(value, handler, "prompt", MAX_PROMPTS)
 
     def _logprobs(self) -> int | None:
         return self.logprobs
 
     @property
     def prompts(self) -> list[str | list[int]]:
-        prompt = self.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if isinstance(prompt[0], int):
-            return [[int(token) for token in prompt]]
-        return list(prompt)
+        return as_items(self.prompt)
 
     def check(self) -> None:
         if self.best_of is not None and self.best_of != self.n:

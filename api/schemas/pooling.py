@@ -8,12 +8,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-from api.schemas.base import RequestModel
+from api.schemas.base import RequestModel, as_items, check_text_or_tokens, text_or_tokens
 from shared.errors import InvalidRequest
 
 #: OpenAI's limit on inputs per embeddings request.
@@ -21,17 +20,9 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_RERANK_DOCUMENTS = 1000
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
-
-
 class EmbeddingRequest(RequestModel):
     #: A text, texts, token ids or lists of token ids (OpenAI's four shapes).
-    input: (
-        str
-        | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
-        | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
-    )
+    input: text_or_tokens(MAX_EMBEDDING_INPUTS)
     encoding_format: Literal["float", "base64"] = "float"
     #: Keep the first ``dimensions`` of each vector, renormalised (the worker knows the model's size).
     dimensions: int | None = Field(None, ge=1)
@@ -39,24 +30,12 @@ class EmbeddingRequest(RequestModel):
     @field_validator("input", mode="wrap")
     @classmethod
     def _input_shape(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
-        # The union's own errors describe its first member only ("should be a valid string").
-        try:
-            return handler(value)
-        except ValidationError as exc:
-            raise ValueError(
-                "input must be a string, a list of strings, a list of token ids (integers >= 0) or a "
-                f"list of such lists, with at most {MAX_EMBEDDING_INPUTS} inputs"
-            ) from exc
+        return check_text_or_tokens(value, handler, "input", MAX_EMBEDDING_INPUTS)
 
     @property
     def inputs(self) -> list[str | list[int]]:
         value = self.input
-        if isinstance(value, str):
-            inputs: list[str | list[int]] = [value]
-        elif isinstance(value[0], int):
-            inputs = [[int(token) for token in value]]
-        else:
-            inputs = list(value)
+        inputs = as_items(value)
         for i, item in enumerate(inputs):
             if not item:
                 param = "input" if isinstance(value, str) else f"input.{i}"
