@@ -1,10 +1,8 @@
-"""Which models have live workers, read from the heartbeat sets workers maintain."""
+"""Which models have live workers (the heartbeat sets workers maintain) and how fast they work."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 from redis import Redis
 
@@ -12,13 +10,8 @@ from shared import keys
 from shared.models import ModelSpec
 
 
-def live_worker_count(redis: Redis, model: str) -> int:
-    """Workers of ``model`` whose heartbeat has not expired (one O(log n) command)."""
-    return int(redis.zcount(keys.model_workers_key(model), time.time(), "+inf"))
-
-
 def live_worker_counts(redis: Redis, specs: list[ModelSpec]) -> dict[str, int]:
-    """:func:`live_worker_count` for many models in one round trip."""
+    """Workers per model whose heartbeat has not expired, in one round trip."""
     now = time.time()
     pipe = redis.pipeline(transaction=False)
     for spec in specs:
@@ -38,11 +31,3 @@ def wait_estimate(redis: Redis, spec: ModelSpec, ahead: int, workers: int) -> fl
     if mean is None or workers <= 0:
         return None
     return ahead * mean / (workers * spec.max_batch_size)
-
-
-def worker_statuses(redis: Redis) -> list[dict[str, Any]]:
-    """The status every live worker last reported."""
-    names = list(redis.scan_iter(match=keys.worker_key_pattern(), count=500))
-    if not names:
-        return []
-    return [json.loads(raw) for raw in redis.mget(names) if raw]

@@ -25,7 +25,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.errors import Cancelled, DeadlineExceeded, InvalidRequest, ServiceUnavailable  # noqa: E402
+from shared.errors import (  # noqa: E402
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelyardError,
+    ServiceUnavailable,
+)
 from shared.jobs import EmbedJob, EmbedResult, Usage  # noqa: E402
 from shared.models import ModelSpec  # noqa: E402
 from workers import main as worker_main  # noqa: E402
@@ -119,7 +125,7 @@ class SleepEngine(Engine):
                 self._stats["batches"] += 1
                 self._stats["last_batch_jobs"] = len(batch)
 
-    def _end(self, ticket: Ticket, outcome: EmbedResult | Exception, inputs: int = 0) -> None:
+    def _end(self, ticket: Ticket, outcome: EmbedResult | ModelyardError, inputs: int = 0) -> None:
         with self._lock:
             if ticket.done:
                 return

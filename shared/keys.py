@@ -31,11 +31,6 @@ def worker_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
-def worker_key_pattern() -> str:
-    """SCAN pattern matching every worker heartbeat key."""
-    return f"{PREFIX}:worker:*"
-
-
 def model_workers_key(model: str) -> str:
     """Sorted set of worker ids serving ``model``, scored by the epoch second their heartbeat expires."""
     return f"{PREFIX}:model-workers:{model}"
