@@ -1,7 +1,7 @@
-"""rq slot workers: stock rq dequeueing and bookkeeping, run as threads of one model process.
+"""rq slot workers: stock rq bookkeeping, run as threads of one model process.
 
-Each slot takes one job at a time with unmodified rq code and hands it to the model's engine, so
-rq's registries and rq-dashboard show every running job; a process with K slots batches up to K jobs.
+Each slot takes one job at a time and hands it to the model's engine, so rq's registries and
+rq-dashboard show every running job; a process with K slots batches up to K jobs.
 """
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
-from rq.exceptions import StopRequested
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
@@ -21,7 +24,7 @@ from workers import runtime
 
 log = logging.getLogger(__name__)
 
-#: rq worker TTL: rq blocks on the queue for ``ttl - 15`` s, so an idle slot sees a drain within 2 s.
+#: rq worker TTL: a slot blocks on the queue for ``ttl - 15`` s, so an idle slot sees a drain within 2 s.
 SLOT_WORKER_TTL = 17
 
 
@@ -38,11 +41,42 @@ class SlotWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         """The process's main thread owns signals; it drains the slots through ``draining``."""
 
-    def heartbeat(self, timeout=None, pipeline=None):
-        # rq calls this between jobs and between blocking dequeues: the place to leave when draining.
-        if pipeline is None and self._draining.is_set() and self.get_state() != WorkerStatus.BUSY:
-            raise StopRequested()
-        super().heartbeat(timeout, pipeline)
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """rq's blocking dequeue, one ``timeout`` at a time, that stops when the worker drains.
+
+        rq's own loop retries forever and cannot be left between a dequeue and the job's start
+        without losing the job; this one checks ``draining`` only before each dequeue.
+        """
+        backoff = 1.0
+        self.set_state(WorkerStatus.IDLE)
+        while not self._draining.is_set():
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    timeout,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                continue
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("slot %s cannot reach Redis (%s); retrying in %.0fs", self.name, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if result is not None:
+                job, queue = result
+                job.redis_server_version = self.get_redis_server_version()
+                self.heartbeat()
+                return job, queue
+        raise StopRequested()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.func_name != keys.JOB_FUNCTION:

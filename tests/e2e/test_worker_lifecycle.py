@@ -112,3 +112,39 @@ def test_a_non_streaming_client_that_leaves_stops_its_job(start_worker, redis_se
         assert generated < 1000, f"the worker generated {generated} of 1800 tokens after the client left"
     finally:
         worker.stop()
+
+
+def test_a_rolling_restart_under_load_drops_no_request(start_worker, sdk):
+    import threading
+
+    workers = [start_worker(SPARE), start_worker(SPARE)]
+    stop = threading.Event()
+    outcomes: list = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                r = sdk.chat.completions.create(model=SPARE, messages=PROMPT, max_tokens=60, temperature=0)
+                outcomes.append(r.usage.completion_tokens)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                outcomes.append(exc)
+
+    clients = [threading.Thread(target=load) for _ in range(3)]
+    for client in clients:
+        client.start()
+    try:
+        for i in range(len(workers)):  # one at a time: SIGTERM (drain), then a fresh worker
+            old = workers[i]
+            old.proc.send_signal(signal.SIGTERM)
+            assert old.proc.wait(60) == 0
+            workers[i] = start_worker(SPARE)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(60)
+        for worker in workers:
+            worker.stop()
+    failures = [o for o in outcomes if isinstance(o, Exception)]
+    assert not failures, failures[:3]
+    assert len(outcomes) > 10 and all(o == 60 for o in outcomes)
