@@ -32,14 +32,12 @@ class Embedder:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Embedder:
-        """Load ``spec.source`` from local files on the device and dtype the spec asks for."""
+        """Load ``spec.source`` (a local folder or a Hugging Face id) on the device and dtype the spec asks for."""
         from sentence_transformers import SentenceTransformer
 
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
-        model = SentenceTransformer(
-            spec.source, device=device, local_files_only=True, model_kwargs={"dtype": dtype}
-        )
+        model = SentenceTransformer(spec.source, device=device, model_kwargs={"dtype": dtype})
         model.eval()
         max_tokens = model.max_seq_length or spec.context_length
         if max_tokens is None:

@@ -31,12 +31,12 @@ class Reranker:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Reranker:
-        """Load ``spec.source`` from local files; the model must have a single output label."""
+        """Load ``spec.source`` (a local folder or a Hugging Face id); it must have one output label."""
         from sentence_transformers import CrossEncoder
 
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
-        model = CrossEncoder(spec.source, device=device, local_files_only=True, model_kwargs={"dtype": dtype})
+        model = CrossEncoder(spec.source, device=device, model_kwargs={"dtype": dtype})
         if model.num_labels != 1:
             raise ValueError(f"{spec.source}: a reranker needs one output label, not {model.num_labels}")
         model.eval()
