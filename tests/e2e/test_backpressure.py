@@ -61,7 +61,15 @@ def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api
         for answer in answers:
             assert answer.status_code == 499, answer.text
             assert answer.json()["error"]["code"] == "cancelled"
-        assert requests.get(f"{api_server.url}/v1/jobs/{running[0]}", timeout=5).json()["status"] == "stopped"
+        # The worker answers the client first, then rq records the job as stopped.
+        wait_until(
+            lambda: (
+                requests.get(f"{api_server.url}/v1/jobs/{running[0]}", timeout=5).json()["status"]
+                == "stopped"
+            ),
+            5,
+            "rq to record the stopped job",
+        )
         assert requests.get(f"{api_server.url}/v1/jobs/{queued[0]}", timeout=5).json()["status"] == "canceled"
         assert requests.delete(f"{api_server.url}/v1/jobs/no-such-job", timeout=5).status_code == 404
     finally:
