@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from shared.models import ModelSpec
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -39,3 +41,11 @@ def resolve_dtype(spec_dtype: str, device: str) -> torch.dtype:
         raise ValueError(
             f"unknown dtype {spec_dtype!r}; expected auto, float32, float16 or bfloat16"
         ) from None
+
+
+def token_limit(model_limit: int | None, spec: ModelSpec) -> int:
+    """Tokens per input: the model's own limit, lowered by the spec's ``context_length`` if set."""
+    limits = [limit for limit in (model_limit, spec.context_length) if limit]
+    if not limits:
+        raise ValueError(f"{spec.source}: no max sequence length; set context_length in the models file")
+    return min(limits)

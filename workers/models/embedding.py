@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from shared.models import ModelSpec
-from workers.models.device import resolve_device, resolve_dtype
+from workers.models.device import resolve_device, resolve_dtype, token_limit
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -39,11 +39,7 @@ class Embedder:
         dtype = resolve_dtype(spec.dtype, device)
         model = SentenceTransformer(spec.source, device=device, model_kwargs={"dtype": dtype})
         model.eval()
-        max_tokens = model.max_seq_length or spec.context_length
-        if max_tokens is None:
-            raise ValueError(f"{spec.source}: no max sequence length; set context_length in the models file")
-        if spec.context_length is not None:
-            max_tokens = min(max_tokens, spec.context_length)
+        max_tokens = token_limit(model.max_seq_length, spec)
         logger.info(
             "loaded embedding model %s on %s (%s): dim %s, max %s tokens",
             spec.name,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from shared.models import ModelSpec
-from workers.models.device import resolve_device, resolve_dtype
+from workers.models.device import resolve_device, resolve_dtype, token_limit
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -40,11 +40,7 @@ class Reranker:
         if model.num_labels != 1:
             raise ValueError(f"{spec.source}: a reranker needs one output label, not {model.num_labels}")
         model.eval()
-        max_tokens = model.max_seq_length or spec.context_length
-        if max_tokens is None:
-            raise ValueError(f"{spec.source}: no max sequence length; set context_length in the models file")
-        if spec.context_length is not None:
-            max_tokens = min(max_tokens, spec.context_length)
+        max_tokens = token_limit(model.max_seq_length, spec)
         logger.info("loaded rerank model %s on %s (%s): max %s tokens", spec.name, device, dtype, max_tokens)
         return cls(model, max_tokens)
 
