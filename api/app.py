@@ -6,6 +6,7 @@ from flask import Flask, g, request
 
 from api import observe, routes
 from api.auth import check_api_key
+from api.coalesce import EmbedCoalescer
 from api.errors import register_error_handlers
 from api.janitor import Janitor
 from api.metrics import ApiMetrics
@@ -32,12 +33,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     redis = connect(settings.redis_url)
     catalog = ModelCatalog.load(settings.models_file)
     router = ReplyRouter(redis)
+    dispatcher = MeteredDispatcher(redis, catalog, router)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         redis=redis,
         catalog=catalog,
         router=router,
-        dispatcher=MeteredDispatcher(redis, catalog, router),
+        dispatcher=dispatcher,
+        coalescer=EmbedCoalescer(dispatcher),
         janitor=Janitor(redis, catalog, owner=router.channel),
         limiter=RateLimiter(redis, settings.rate_limit_rpm, settings.rate_limit_tpm),
     )

@@ -68,6 +68,7 @@ class Dispatcher:
         self.catalog = catalog
         self.router = router
         self._queues: dict[str, Queue] = {}
+        self._live: dict[str, int] = {}
 
     # -- admission -------------------------------------------------------------------------
     def resolve(self, name: str, kind: ModelKind, param: str = "model") -> ModelSpec:
@@ -85,6 +86,7 @@ class Dispatcher:
         pipe.zcount(keys.model_workers_key(spec.name), time.time(), "+inf")
         pipe.llen(self.queue(spec.name).key)
         alive, queued = (int(x) for x in pipe.execute())
+        self._live[spec.name] = alive
         if not alive:
             raise ServiceUnavailable(
                 f"The model '{spec.name}' has no live worker; start one with `bin/worker {spec.name}`",
@@ -99,6 +101,10 @@ class Dispatcher:
             )
         return spec
 
+    def live_workers(self, model: str) -> int:
+        """Live workers of ``model`` at its latest admission in this process."""
+        return self._live.get(model, 0)
+
     @staticmethod
     def new_job_id() -> str:
         return uuid.uuid4().hex
@@ -109,6 +115,8 @@ class Dispatcher:
         inbox = self.router.register(job.job_id)
         budget = job.deadline - time.time()
         try:
+            # One round trip: rq registers the queue and saves and pushes the job on this pipeline.
+            pipe = self.redis.pipeline()
             self.queue(job.model).enqueue(
                 keys.JOB_FUNCTION,
                 payload=job.model_dump(mode="json"),
@@ -118,7 +126,9 @@ class Dispatcher:
                 job_timeout=max(1, math.ceil(budget)) + 5,
                 result_ttl=keys.RESULT_TTL_S,
                 failure_ttl=keys.FAILURE_TTL_S,
+                pipeline=pipe,
             )
+            pipe.execute()
         except RedisError as exc:
             self.router.unregister(job.job_id)
             raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc

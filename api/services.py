@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 from redis import Redis
 
+from api.coalesce import EmbedCoalescer
 from api.dispatch import Dispatcher
 from api.janitor import Janitor
 from api.ratelimit import RateLimiter
@@ -24,6 +25,7 @@ class Services:
     catalog: ModelCatalog
     router: ReplyRouter
     dispatcher: Dispatcher
+    coalescer: EmbedCoalescer
     janitor: Janitor
     limiter: RateLimiter
 

@@ -401,11 +401,13 @@ class Stack:
         self.models_file.write_text(
             "models:\n"
             f"  - {{name: {CHAT_MODEL}, kind: chat, source: '{REPO / 'models' / 'tiny-chat'}',"
-            f" context_length: 2048, max_batch_size: {args.chat_slots}}}\n"
+            f" context_length: 2048, max_batch_size: {args.chat_slots}"
+            + (f", threads: {args.chat_threads}" if args.chat_threads else "")
+            + "}\n"
             f"  - {{name: {EMBED_MODEL}, kind: embedding, source: '{REPO / 'models' / 'all-MiniLM-L6-v2'}',"
             f" max_batch_size: {args.embed_slots}}}\n"
             f"  - {{name: {SLEEP_MODEL}, kind: embedding, source: 'sleep:{SLEEP_MS}', max_batch_size: 1,"
-            " max_queue: 1024}\n"
+            " max_queue: 1024, coalesce_inputs: 1}\n"
         )
         self.env = {
             **os.environ,
@@ -982,6 +984,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=defaults[CHAT_MODEL].max_batch_size,
         help="max_batch_size of the chat worker (default: models.yaml's)",
+    )
+    parser.add_argument(
+        "--chat-threads",
+        type=int,
+        default=defaults[CHAT_MODEL].threads,
+        help="torch threads of the chat worker (default: models.yaml's)",
     )
     parser.add_argument(
         "--encoding-format",

@@ -24,11 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.jobs import EmbedJob, EmbedResult, Usage  # noqa: E402
+from shared.jobs import EmbedJob, EmbedResult  # noqa: E402
 from shared.models import ModelSpec  # noqa: E402
 from workers import main as worker_main  # noqa: E402
 from workers.engines.base import Engine, EventSink  # noqa: E402
-from workers.engines.pooling import PoolingEngine  # noqa: E402
+from workers.engines.pooling import PoolingEngine, usage_of  # noqa: E402
 from workers.loaders import load_engine as load_real_engine  # noqa: E402
 
 SOURCE_PREFIX = "sleep:"
@@ -55,8 +55,8 @@ class SleepEngine(PoolingEngine):
         time.sleep(self.seconds)
         return [[1.0] + [0.0] * (DIMENSION - 1)] * len(items)
 
-    def _result(self, job: EmbedJob, outputs: list[list[float]], usage: Usage) -> EmbedResult:
-        return EmbedResult(embeddings=outputs, usage=usage)
+    def _result(self, job: EmbedJob, outputs: list[list[float]], tokens: list[int]) -> EmbedResult:
+        return EmbedResult(embeddings=outputs, usage=usage_of(tokens), input_tokens=tokens)
 
 
 def load_engine(spec: ModelSpec, sink: EventSink) -> Engine:

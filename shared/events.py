@@ -83,8 +83,6 @@ class ErrorEvent(_Event):
         )
 
 
-
-
 class WorkerLostEvent(_Event):
     """The worker running the job died. rq already records the job as failed; the API process
     waiting for it requeues it if its client has seen nothing yet, else ends it with a 503."""

@@ -146,6 +146,8 @@ class EmbedResult(_Wire):
     type: Literal["embed"] = "embed"
     embeddings: list[list[float]]
     usage: Usage
+    #: Tokens of each input, in input order: how the API splits a coalesced job's usage.
+    input_tokens: list[int] = Field(default_factory=list)
 
 
 class RerankResult(_Wire):

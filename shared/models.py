@@ -37,8 +37,31 @@ class ModelSpec(BaseModel):
     max_batch_tokens: PositiveInt = Field(
         16384, description="Tokens in one embedding or rerank forward pass."
     )
+    max_cache_tokens: PositiveInt | None = Field(
+        None,
+        description=(
+            "Chat models: KV-cache budget of one worker process, in tokens. A sequence reserves its"
+            " prompt plus its completion limit and waits until that fits beside the running ones"
+            " (TGI's max_batch_total_tokens); default: no budget beyond max_batch_size."
+        ),
+    )
     max_queue: PositiveInt = Field(
         256, description="Jobs waiting in the model's queue before new requests get 429."
+    )
+    coalesce_inputs: PositiveInt = Field(
+        64,
+        description=(
+            "Embedding models: while this model's workers are busy, an API process merges concurrent"
+            " requests into one job of up to this many inputs, so rq's per-job cost is paid once for"
+            " all of them; 1 sends every request as its own job."
+        ),
+    )
+    threads: PositiveInt | None = Field(
+        None,
+        description=(
+            "torch CPU threads of the worker process serving this model (the most any of its models"
+            " asks for); default: torch's own, one per core. Tiny models decode faster on one."
+        ),
     )
 
     @property

@@ -126,7 +126,6 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
             return self.status(redis_server) is not None
 
-
         wait_until(ready, timeout, f"worker for {self.models}", interval=0.2)
         return self
 

@@ -120,6 +120,15 @@ def _memory() -> str:
     return ", ".join(parts)
 
 
+def set_threads(specs: list[ModelSpec]) -> None:
+    """torch's CPU threads for this process: the most any of its models asks for (unset: torch's own)."""
+    wanted = [spec.threads for spec in specs]
+    if None not in wanted:
+        import torch
+
+        torch.set_num_threads(max(wanted))
+
+
 def _library_logs_to_root() -> None:
     """JSON logs: transformers' own handler and progress bars would print plain text; route its
     records through ours and hide the bars."""
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelsFileError as exc:
         raise SystemExit(f"bin/worker: {exc}") from exc
 
+    set_threads(specs)
     redis = connect(settings.redis_url)
     sink = RedisEventSink(redis)
     engines = load_engines(specs, sink)

@@ -7,22 +7,28 @@ rq-dashboard show every running job; a process with K slots batches up to K jobs
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
 
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from shared import keys
 from workers import runtime
 
 log = logging.getLogger(__name__)
+
+#: An idle slot refreshes its rq worker key at most this often (seconds); the key lives SLOT_WORKER_TTL + 60.
+HEARTBEAT_EVERY_S = 1.0
 
 #: rq worker TTL: a slot blocks on the queue for ``ttl - 15`` s, so an idle slot sees a drain within 2 s.
 SLOT_WORKER_TTL = 17
@@ -50,10 +56,12 @@ class SlotWorker(SimpleWorker):
         without losing the job; this one checks ``draining`` only before each dequeue.
         """
         backoff = 1.0
-        self.set_state(WorkerStatus.IDLE)
+        if self.get_state() != WorkerStatus.IDLE:
+            self.set_state(WorkerStatus.IDLE)
         while not self._draining.is_set():
             try:
-                self.heartbeat()
+                if self._heartbeat_age() > HEARTBEAT_EVERY_S:  # rq's loop beat after the last job
+                    self.heartbeat()
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 result = self.queue_class.dequeue_any(
@@ -74,9 +82,22 @@ class SlotWorker(SimpleWorker):
             if result is not None:
                 job, queue = result
                 job.redis_server_version = self.get_redis_server_version()
-                self.heartbeat()
-                return job, queue
+                return job, queue  # starting the job beats for it (with the job's timeout)
         raise StopRequested()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """rq's heartbeat, its three commands sent in one round trip (it runs between every two jobs)."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipe)
+            pipe.execute()
+
+    def _heartbeat_age(self) -> float:
+        if self.last_heartbeat is None:
+            return math.inf
+        return (now() - self.last_heartbeat).total_seconds()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.func_name != keys.JOB_FUNCTION:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
-from api import responses
+from api import observe, responses
 from api.disconnect import client_gone_probe
 from api.routes.common import envelope, json_body
 from api.schemas.base import parse_body
@@ -34,8 +34,15 @@ def embed(body: object):
     """Validate an embeddings body and run its job: OpenAI's response (compat routes use it too)."""
     req: EmbeddingRequest = parse_body(EmbeddingRequest, body)
     inputs = req.inputs
-    spec = services().dispatcher.resolve(req.model, ModelKind.EMBEDDING)
-    result = _run(EmbedJob(**envelope(spec), inputs=inputs, dimensions=req.dimensions))
+    svc = services()
+    spec = svc.dispatcher.resolve(req.model, ModelKind.EMBEDDING)
+    job = EmbedJob(**envelope(spec), inputs=inputs, dimensions=req.dimensions)
+    job_id, result = svc.coalescer.embed(job, spec, client_gone_probe(request.environ))
+    if job_id != job.job_id:  # it ran inside a coalesced job: point at that one
+        g.job_id = job_id
+        record = observe.current()
+        if record is not None:
+            record.job_id, record.prompt_tokens = job_id, result.usage.prompt_tokens
     return jsonify(responses.embeddings(req.model, result, req.encoding_format))
 
 

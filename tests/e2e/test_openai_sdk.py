@@ -1,6 +1,8 @@
 """The official openai SDK against bin/api and bin/worker, through a real Redis."""
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openai
@@ -145,6 +147,25 @@ def test_embeddings_are_meaningful_and_batch_independent(sdk):
     assert cat @ kitten > cat @ stocks + 0.2
     alone = np.array(sdk.embeddings.create(model="minilm", input=texts[2]).data[0].embedding)
     assert np.allclose(alone, stocks, atol=1e-5)
+
+
+def test_concurrent_embedding_requests_are_coalesced_into_fewer_jobs(sdk):
+    texts = [f"sentence number {i} about {topic}" for i, topic in enumerate(["cats", "redis", "rain"] * 8)]
+    reference = [sdk.embeddings.create(model="minilm", input=text).data[0].embedding for text in texts]
+    barrier = threading.Barrier(len(texts))
+
+    def embed(text):
+        barrier.wait()
+        return sdk.embeddings.with_raw_response.create(model="minilm", input=text)
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        raw = list(pool.map(embed, texts))
+    job_ids = {response.headers["X-Job-Id"] for response in raw}
+    assert len(job_ids) < len(texts)  # the worker ran fewer rq jobs than there were requests
+    for response, expected in zip(raw, reference, strict=True):
+        body = response.parse()
+        assert np.allclose(body.data[0].embedding, expected, atol=1e-5)
+        assert body.usage.prompt_tokens > 0
 
 
 def test_rerank_over_http(api_server):

@@ -55,6 +55,12 @@ def plan_passes(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return passes
 
 
+def usage_of(tokens: Sequence[int]) -> Usage:
+    """Usage of a pooling job: every token is a prompt token."""
+    total = sum(tokens)
+    return Usage(prompt_tokens=total, total_tokens=total)
+
+
 class _Pending:
     """One live ticket inside a batch: its inputs' token counts and the outputs gathered so far."""
 
@@ -107,8 +113,8 @@ class PoolingEngine(Engine):
         """One forward pass: an output per input, in order."""
 
     @abstractmethod
-    def _result(self, job: Any, outputs: list[Any], usage: Usage) -> AnyResult:
-        """The job's result from its outputs in input order."""
+    def _result(self, job: Any, outputs: list[Any], tokens: list[int]) -> AnyResult:
+        """The job's result from its outputs and token counts, in input order."""
 
     def _validate(self, job: Any) -> None:
         """Refuse a job this model cannot serve (raises :class:`InvalidRequest`); default: accept all."""
@@ -251,9 +257,8 @@ class PoolingEngine(Engine):
         for p in live:
             if p.ticket.done:
                 continue
-            total = sum(p.tokens)
             try:
-                result = self._result(p.ticket.job, p.outputs, Usage(prompt_tokens=total, total_tokens=total))
+                result = self._result(p.ticket.job, p.outputs, p.tokens)
             except Exception:
                 logger.exception(
                     "engine %s: building the result of %s failed", self.spec.name, p.ticket.job.job_id
@@ -329,13 +334,15 @@ class EmbeddingEngine(PoolingEngine):
     def _forward(self, items: list[str | list[int]]) -> list[np.ndarray]:
         return list(self.embedder.embed(items))
 
-    def _result(self, job: EmbedJob, outputs: list[np.ndarray], usage: Usage) -> EmbedResult:
+    def _result(self, job: EmbedJob, outputs: list[np.ndarray], tokens: list[int]) -> EmbedResult:
         vectors = np.stack(outputs)
         if job.dimensions is not None and job.dimensions < vectors.shape[1]:
             # Matryoshka-style: keep the leading dimensions and make each vector unit length again.
             vectors = vectors[:, : job.dimensions]
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return EmbedResult(embeddings=vectors.astype(np.float32).tolist(), usage=usage)
+        return EmbedResult(
+            embeddings=vectors.astype(np.float32).tolist(), usage=usage_of(tokens), input_tokens=tokens
+        )
 
 
 class RerankEngine(PoolingEngine):
@@ -358,6 +365,6 @@ class RerankEngine(PoolingEngine):
         # Logits: jobs that want raw scores and jobs that want probabilities share a pass.
         return self.reranker.logits_pairs(items)
 
-    def _result(self, job: RerankJob, outputs: list[float], usage: Usage) -> RerankResult:
+    def _result(self, job: RerankJob, outputs: list[float], tokens: list[int]) -> RerankResult:
         scores = outputs if job.raw_scores else [sigmoid(x) for x in outputs]
-        return RerankResult(scores=scores, usage=usage)
+        return RerankResult(scores=scores, usage=usage_of(tokens))

@@ -1,0 +1,237 @@
+"""Coalescing concurrent embedding requests for one model into shared rq jobs.
+
+rq costs several Redis round trips and milliseconds of worker CPU per job (../shared/design.md), as
+much as embedding a short sentence. So while this process already has enough jobs of a model in
+flight to keep its workers busy, new requests wait together, and when one of those jobs ends they
+go as one job (of at most ``coalesce_inputs`` inputs). Under light load every request goes at once,
+as its own job: coalescing adds no latency when there is nothing to amortise.
+
+A coalesced job is an ordinary rq job whose inputs are its requests' inputs, so the queue, the
+registries and rq-dashboard show it as it is. Each request keeps its own deadline and its own
+client: one that leaves stops waiting, and the job is cancelled only when all of them have left.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from api.dispatch import Dispatcher
+from shared.errors import DeadlineExceeded, InternalError, InvalidRequest, ModelyardError
+from shared.jobs import EmbedJob, EmbedResult, Usage
+from shared.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: Seconds a waiting request sleeps between checks that its client is still there.
+_TICK_S = 1.0
+
+#: Jobs in flight per live worker before requests start to coalesce: one running, one queued behind
+#: it, so a worker never idles between jobs.
+IN_FLIGHT_PER_WORKER = 1
+
+
+@dataclass(eq=False)
+class _Member:
+    """One request waiting in (or for) a coalesced job."""
+
+    job: EmbedJob
+    wake: threading.Event = field(default_factory=threading.Event)
+    result: EmbedResult | None = None
+    error: ModelyardError | None = None
+    #: The rq job that carried its inputs (the response's ``X-Job-Id``).
+    job_id: str | None = None
+    #: Its job was refused as a whole: it must run on its own to get its own answer.
+    alone: bool = False
+    #: Its client left or its deadline passed: nobody reads its result.
+    gone: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+@dataclass
+class _Group:
+    """Requests of one model (and the same options) in this process."""
+
+    in_flight: int = 0
+    pending: list[_Member] = field(default_factory=list)
+
+
+class EmbedCoalescer:
+    """Runs embedding jobs, merging concurrent ones while the model's workers are busy."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._lock = threading.Lock()
+        self._groups: dict[tuple[object, ...], _Group] = {}
+
+    def embed(
+        self, job: EmbedJob, spec: ModelSpec, client_gone: Callable[[], bool]
+    ) -> tuple[str, EmbedResult]:
+        """Run ``job`` alone or in a coalesced job; the id of the rq job that ran it, and its result."""
+        if spec.coalesce_inputs <= 1:
+            return job.job_id, self._run_alone(job, client_gone)
+        # Only requests the worker would treat alike share a job (and a rate-limit subject).
+        key = (job.model, job.dimensions, job.rate_subject)
+        limit = IN_FLIGHT_PER_WORKER * max(1, self._dispatcher.live_workers(job.model))
+        member = _Member(job)
+        batch: list[_Member] | None = None
+        with self._lock:
+            group = self._groups.setdefault(key, _Group())
+            alone = group.in_flight < limit
+            if alone:
+                group.in_flight += 1
+            else:
+                group.pending.append(member)
+                if _inputs(group.pending) >= spec.coalesce_inputs:
+                    batch = self._take(group, spec)
+                    group.in_flight += 1
+        if alone:  # nothing waits behind this process's jobs: go at once, as its own job
+            try:
+                return job.job_id, self._run_alone(job, client_gone)
+            finally:
+                self._release(key, spec)
+        if batch is not None:
+            self._start(key, spec, batch)
+        return self._wait(member, key, client_gone)
+
+    # -- waiting requests ----------------------------------------------------------------------
+
+    def _wait(
+        self, member: _Member, key: tuple[object, ...], client_gone: Callable[[], bool]
+    ) -> tuple[str, EmbedResult]:
+        while True:
+            with self._lock:
+                member.wake.clear()
+                if member.alone:
+                    break
+                if member.settled:
+                    if member.error is not None:
+                        raise member.error
+                    assert member.result is not None and member.job_id is not None
+                    return member.job_id, member.result
+                remaining = member.job.deadline - time.time()
+                if remaining <= 0 or client_gone():
+                    self._leave(member, key)
+                    if remaining <= 0:
+                        raise DeadlineExceeded("the request's deadline passed before the result was ready")
+                    raise DeadlineExceeded("the client went away")
+            member.wake.wait(min(_TICK_S, remaining))
+        # Its coalesced job was refused: run it alone for its own answer (or error).
+        return member.job.job_id, self._run_alone(member.job, client_gone)
+
+    def _leave(self, member: _Member, key: tuple[object, ...]) -> None:
+        """Forget a request nobody waits for any more (caller holds the lock)."""
+        member.gone = True
+        group = self._groups.get(key)
+        if group is not None and member in group.pending:
+            group.pending.remove(member)
+
+    # -- running jobs ----------------------------------------------------------------------------
+
+    def _run_alone(self, job: EmbedJob, client_gone: Callable[[], bool]) -> EmbedResult:
+        dispatcher = self._dispatcher
+        ticket = dispatcher.submit(job)
+        try:
+            return dispatcher.result(ticket, client_gone)
+        finally:
+            dispatcher.close(ticket)
+
+    def _release(self, key: tuple[object, ...], spec: ModelSpec) -> None:
+        """One of the group's jobs ended: send what waited behind it, or free its place."""
+        with self._lock:
+            group = self._groups[key]
+            if not group.pending:
+                group.in_flight -= 1
+                return
+            batch = self._take(group, spec)
+        self._start(key, spec, batch)
+
+    @staticmethod
+    def _take(group: _Group, spec: ModelSpec) -> list[_Member]:
+        """The oldest waiting requests, up to ``coalesce_inputs`` inputs (at least one request)."""
+        batch, count = [], 0
+        while group.pending:
+            size = len(group.pending[0].job.inputs)
+            if batch and count + size > spec.coalesce_inputs:
+                break
+            batch.append(group.pending.pop(0))
+            count += size
+        return batch
+
+    def _start(self, key: tuple[object, ...], spec: ModelSpec, batch: list[_Member]) -> None:
+        thread = threading.Thread(
+            target=self._run_batches, args=(key, spec, batch), name="embed-coalescer", daemon=True
+        )
+        thread.start()
+
+    def _run_batches(self, key: tuple[object, ...], spec: ModelSpec, batch: list[_Member]) -> None:
+        """Run coalesced jobs until nothing waits behind them (a thread of its own)."""
+        while True:
+            try:
+                self._run_batch(batch)
+            except Exception:  # a bug here must not strand the group's waiting requests
+                log.exception("coalesced embedding job failed")
+                self._settle(batch, error=InternalError("the coalesced job failed"))
+            with self._lock:
+                group = self._groups[key]
+                if not group.pending:
+                    group.in_flight -= 1
+                    return
+                batch = self._take(group, spec)
+
+    def _run_batch(self, batch: list[_Member]) -> None:
+        first = batch[0].job
+        job = first.model_copy(
+            update={
+                "job_id": self._dispatcher.new_job_id(),
+                "inputs": [item for member in batch for item in member.job.inputs],
+                "deadline": max(member.job.deadline for member in batch),
+            }
+        )
+        try:
+            result = self._run_alone(job, lambda: all(member.gone for member in batch))
+        except InvalidRequest as error:
+            if len(batch) == 1:
+                self._settle(batch, error=error)
+                return
+            # One request's input spoilt the job for all: each runs alone and gets its own answer.
+            with self._lock:
+                for member in batch:
+                    member.alone = True
+                    member.wake.set()
+            return
+        except ModelyardError as error:
+            self._settle(batch, error=error)
+            return
+        start = 0
+        with self._lock:
+            for member in batch:
+                end = start + len(member.job.inputs)
+                tokens = result.input_tokens[start:end]
+                total = sum(tokens)
+                member.result = EmbedResult(
+                    embeddings=result.embeddings[start:end],
+                    usage=Usage(prompt_tokens=total, total_tokens=total),
+                    input_tokens=tokens,
+                )
+                member.job_id = job.job_id
+                member.wake.set()
+                start = end
+        log.debug("coalesced %d requests (%d inputs) into job %s", len(batch), start, job.job_id)
+
+    def _settle(self, batch: list[_Member], *, error: ModelyardError) -> None:
+        with self._lock:
+            for member in batch:
+                if not member.settled:
+                    member.error = error
+                    member.wake.set()
+
+
+def _inputs(members: list[_Member]) -> int:
+    return sum(len(member.job.inputs) for member in members)
