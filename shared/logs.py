@@ -71,6 +71,8 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
         handler.setFormatter(formatter)
         root.addHandler(handler)
         root.setLevel(level.upper())
+    # Python warnings (a library's deprecation notice) become log records, in the same format.
+    logging.captureWarnings(True)
     for name in _OWN_HANDLER_LOGGERS if fmt == "json" else ():
         for handler in logging.getLogger(name).handlers:
             handler.setFormatter(formatter)

@@ -235,6 +235,11 @@ class _Sequence:
         return self.finish_reason is None and not self.request.closed
 
     @property
+    def cache_tokens(self) -> int:
+        """KV-cache tokens it reserves: its prompt plus its completion limit."""
+        return len(self.request.prompts[self.prompt]) + self.limit
+
+    @property
     def params(self) -> SamplingParams:
         return self.request.job.sampling
 
@@ -247,6 +252,12 @@ class _Outbox:
     deltas: dict[_Request, dict[int, list[Any]]] = field(default_factory=dict)
     finished: list[_Request] = field(default_factory=list)
     failed: list[tuple[_Request, ModelyardError]] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Forget what was flushed."""
+        self.deltas.clear()
+        self.finished.clear()
+        self.failed.clear()
 
     def add(
         self,
@@ -272,6 +283,8 @@ class GenerationEngine(Engine):
         self._max_running = RUNNING_PER_SLOT * spec.max_batch_size
         #: Padded prompt tokens in one prefill (one prompt always goes, however long).
         self._prefill_tokens = spec.max_batch_tokens
+        #: KV-cache tokens the running sequences may reserve together (None: no budget).
+        self._cache_tokens = spec.max_cache_tokens
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._inbox: deque[_Request] = deque()
@@ -349,6 +362,7 @@ class GenerationEngine(Engine):
             "running": len(self._running),
             "waiting": len(self._waiting),
             "active": self._active,
+            "cache_tokens_reserved": sum(seq.cache_tokens for seq in self._running),
         }
 
     # -- submit helpers (caller's thread) -----------------------------------------------------------
@@ -474,6 +488,9 @@ class GenerationEngine(Engine):
         self._drop_finished()
         self._admit(out)
         if self._running:
+            if out.deltas:  # newcomers' first tokens go out now, not after the next decode step
+                self._flush(out)
+                out.reset()
             self._decode(out)
         self._drop_finished()
 
@@ -497,12 +514,18 @@ class GenerationEngine(Engine):
         prompts: list[list[int]] = []
         prompt_row: dict[tuple[_Request, int], int] = {}
         room = self._max_running - len(self._running)
+        reserved = sum(seq.cache_tokens for seq in self._running)
         longest = 0
         while self._waiting and len(chosen) < room:
             seq = self._waiting[0]
             if not seq.alive:
                 self._waiting.popleft()
                 continue
+            # FIFO: a head that does not fit the cache budget waits, and so does everyone behind it;
+            # the first sequence of an empty batch always goes.
+            reserved += seq.cache_tokens
+            if self._cache_tokens is not None and reserved > self._cache_tokens and (self._running or chosen):
+                break
             key = (seq.request, seq.prompt)
             if key not in prompt_row:
                 ids = seq.request.prompts[seq.prompt]

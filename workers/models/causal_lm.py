@@ -7,6 +7,7 @@ so rows of different lengths share one forward pass and give what each would giv
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 
@@ -137,6 +138,9 @@ class CausalLM:
         self._eos = _eos_token_ids(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._token_bytes = TokenBytes(tokenizer)
+        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns).
+        forward = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     @classmethod
     def load(cls, spec: ModelSpec) -> CausalLM:
@@ -252,7 +256,7 @@ class CausalLM:
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
         )
-        return self._last_logits(out.logits), out.past_key_values
+        return self._last_logits(out.logits), out[self._cache_arg]
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache
@@ -261,9 +265,9 @@ class CausalLM:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: cache},
         )
         return self._last_logits(out.logits)
 

@@ -175,6 +175,41 @@ def test_unjoinable_cache_runs_new_jobs_only_on_an_empty_batch(run_engine) -> No
     assert engine.stats()["max_running_seen"] == 1
 
 
+def test_cache_budget_holds_a_job_back_until_it_fits_in_fifo_order(run_engine) -> None:
+    lm = FakeLM(step_delay=0.004)
+    # Reservations (prompt + max_tokens): 3 + 20 and 3 + 60 fit the 90-token budget together,
+    # the third's 2 + 10 does not; the fourth's 1 + 2 would, but it may not overtake the third.
+    engine = run_engine(lm, max_cache_tokens=90)
+    first = submit(engine, make_job(prompt="abc", max_tokens=20))
+    second = submit(engine, make_job(prompt="xyz", max_tokens=60))
+    third = submit(engine, make_job(prompt="ab", max_tokens=10))
+    fourth = submit(engine, make_job(prompt="q", max_tokens=2))
+    wait_for(lambda: engine.stats()["running"] == 2 and engine.stats()["waiting"] == 2)
+    stats = engine.stats()
+    assert stats["cache_tokens_reserved"] == 23 + 63
+    assert not first.done and not third.done and not fourth.done
+
+    assert outcome(first).choices[0].text == ("abc" * 7)[:20]
+    assert outcome(third).choices[0].text == "ababababab"
+    assert outcome(fourth).choices[0].text == "qq"
+    assert not second.done, "the third job waited for the second one"
+    assert outcome(second).choices[0].text == ("xyz" * 20)[:60]
+    assert engine.stats()["max_running_seen"] == 3
+    assert max(rows for kind, rows in lm.calls if kind == "step") == 3
+    assert engine.stats()["cache_tokens_reserved"] == 0
+
+
+def test_sequence_over_the_cache_budget_runs_alone(run_engine) -> None:
+    lm = FakeLM()
+    engine = run_engine(lm, max_cache_tokens=10)
+    # Each choice reserves 3 + 20 tokens on its own, more than the budget: one runs at a time.
+    result = outcome(submit(engine, make_job(prompt="abc", n=2, max_tokens=20)))
+
+    assert [c.text for c in result.choices] == [("abc" * 7)[:20]] * 2
+    assert engine.stats()["max_running_seen"] == 1
+    assert [rows for kind, rows in lm.calls if kind == "prefill"] == [1, 1]
+
+
 def test_seed_reproduces_sampling_and_no_seed_varies(run_engine) -> None:
     engine = run_engine(FakeLM(peak=1.0))
     texts = [
@@ -267,10 +302,10 @@ def test_earliest_stop_string_wins_and_a_partial_match_is_released(run_engine, s
     assert result.choices[0].text == "Hello world!Hello world"  # " world" held back, then let go
     assert result.choices[0].finish_reason == "length"
     assert sink.text(partial.job_id) == result.choices[0].text
-    # The prefill's token and the first decode step's share a delta; "world" waits for the "!" after it,
+    # The prefill's token goes out at once (time to first token); "world" waits for the "!" after it,
     # and the last " world" comes out when max_tokens ends the choice.
     deltas = [d.text for e in sink.events(partial.job_id) for d in e.deltas]
-    assert deltas == ["Hello ", "world!", "Hello", " world"]
+    assert deltas == ["Hello", " ", "world!", "Hello", " world"]
 
 
 # -- streaming --------------------------------------------------------------------------------------
