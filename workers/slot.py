@@ -33,6 +33,9 @@ HEARTBEAT_EVERY_S = 1.0
 #: rq worker TTL: a slot blocks on the queue for ``ttl - 15`` s, so an idle slot sees a drain within 2 s.
 SLOT_WORKER_TTL = 17
 
+#: Seconds between two looks at ``rq suspend``'s key (rq looks before every job: a round trip each).
+SUSPENSION_CHECK_EVERY_S = 1.0
+
 
 class SlotWorker(SimpleWorker):
     """A :class:`SimpleWorker` that lives on a thread and can be drained from the main thread."""
@@ -43,6 +46,7 @@ class SlotWorker(SimpleWorker):
     def __init__(self, *args, draining: threading.Event, **kwargs) -> None:
         super().__init__(*args, worker_ttl=SLOT_WORKER_TTL, **kwargs)
         self._draining = draining
+        self._next_suspension_check = 0.0
 
     def _install_signal_handlers(self) -> None:
         """The process's main thread owns signals; it drains the slots through ``draining``."""
@@ -60,8 +64,7 @@ class SlotWorker(SimpleWorker):
             self.set_state(WorkerStatus.IDLE)
         while not self._draining.is_set():
             try:
-                if self._heartbeat_age() > HEARTBEAT_EVERY_S:  # rq's loop beat after the last job
-                    self.heartbeat()
+                self.heartbeat()  # an idle slot's beat, between its blocking waits
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 result = self.queue_class.dequeue_any(
@@ -85,10 +88,22 @@ class SlotWorker(SimpleWorker):
                 return job, queue  # starting the job beats for it (with the job's timeout)
         raise StopRequested()
 
+    def check_for_suspension(self, burst: bool) -> None:
+        """rq's check, at most once every ``SUSPENSION_CHECK_EVERY_S``."""
+        if time.monotonic() < self._next_suspension_check:
+            return
+        self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY_S
+        super().check_for_suspension(burst)
+
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        """rq's heartbeat, its three commands sent in one round trip (it runs between every two jobs)."""
+        """rq's heartbeat, its three commands in one round trip, skipped while the last beat is fresh.
+
+        rq beats after every job, though starting a job beat (on its own pipeline) moments before.
+        """
         if pipeline is not None:
             super().heartbeat(timeout, pipeline)
+            return
+        if self._heartbeat_age() < HEARTBEAT_EVERY_S:
             return
         with self.connection.pipeline(transaction=False) as pipe:
             super().heartbeat(timeout, pipe)
