@@ -1,0 +1,254 @@
+"""Where the time to first token goes: a timeline of streamed chat requests through the real stack.
+
+    .venv/bin/python bench/trace_ttft.py                 # 60 requests, tiny-chat, 16 slots
+    .venv/bin/python bench/trace_ttft.py --requests 200
+
+A script, not a test. It starts its own redis-server, one ``bin/worker``-equivalent process and
+gunicorn serving ``api.app`` (as ``bin/api`` does) on free ports of 127.0.0.1, each wrapped so that
+a few functions on the request's path write a wall-clock mark to one shared file; nothing else in
+them changes. Then it sends streamed chat requests one at a time (``max_tokens`` 64, ``ignore_eos``)
+and prints, as JSON lines, the median time from the client's send to each mark: the HTTP request
+reaching Flask, admission, the rq enqueue, the worker's dequeue, rq's bookkeeping, the job function,
+the prefill, the PUBLISH, the API's router and the first SSE frames, and the client holding the
+first content chunk. All processes share one clock (one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODEL = "tiny-chat"
+MARKS_ENV = "MODELYARD_TRACE_FILE"
+
+
+# -- marks (in the traced processes) -------------------------------------------------------------
+
+
+def _mark(what: str) -> None:
+    with open(os.environ[MARKS_ENV], "a") as f:  # O_APPEND: lines of both processes stay whole
+        f.write(f"{time.time():.6f} {what}\n")
+
+
+def _trace(owner: Any, name: str, label: str, entry: bool = False) -> None:
+    """Mark when ``owner.name`` returns (and when it is entered, with ``entry``)."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def traced(*args, **kwargs):
+        if entry:
+            _mark(label + ".in")
+        result = original(*args, **kwargs)
+        _mark(label)
+        return result
+
+    setattr(owner, name, traced)
+
+
+def traced_app():
+    """``api.app.create_app()`` with marks on admission, enqueue, the reply router and the SSE frames."""
+    from api import dispatch, replies
+    from api.app import create_app
+    from api.routes import generation
+
+    _trace(dispatch.Dispatcher, "resolve", "api admitted (ZCOUNT+LLEN)")
+    _trace(dispatch.Dispatcher, "submit", "api enqueued (rq MULTI)")
+    _trace(replies.ReplyRouter, "_route", "api router got the event")
+    frames = generation.Stream.frames
+
+    def traced_frames(self):
+        for i, frame in enumerate(frames(self)):
+            if i < 2:
+                _mark("api yielded the role frame" if i == 0 else "api yielded the first text frame")
+            yield frame
+
+    generation.Stream.frames = traced_frames
+    app = create_app()
+    app.before_request_funcs.setdefault(None, []).insert(0, lambda: _mark("api request reached Flask"))
+    return app
+
+
+def run_traced_worker(model: str) -> int:
+    """``bin/worker MODEL`` with marks on the dequeue, rq's bookkeeping, the job and the engine."""
+    from rq.queue import Queue
+    from rq.worker.base import BaseWorker
+
+    from workers import main as worker_main
+    from workers import publisher, tasks
+    from workers.engines import generation
+
+    dequeue = Queue.dequeue_any.__func__
+
+    def traced_dequeue(cls, *args, **kwargs):
+        result = dequeue(cls, *args, **kwargs)
+        if result is not None:
+            _mark("worker dequeued (BLMOVE)")
+        return result
+
+    Queue.dequeue_any = classmethod(traced_dequeue)
+    _trace(BaseWorker, "prepare_execution", "worker rq prepare_execution")
+    _trace(BaseWorker, "prepare_job_execution", "worker rq prepare_job_execution")
+    run_job = tasks.run_job
+
+    def traced_run_job(payload):
+        _mark("worker job function entered")
+        return run_job(payload)
+
+    tasks.run_job = traced_run_job  # rq imports the function by name at each job
+    _trace(generation.GenerationEngine, "submit", "worker job tokenized and submitted")
+    _trace(generation.GenerationEngine, "_admit", "engine prefill + first sample", entry=True)
+    _trace(publisher.RedisEventSink, "publish", "engine published the first token")
+    return worker_main.main([model])
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
+def stream_once(session, url: str, k: int) -> tuple[float, float]:
+    """Send one streamed chat request; its send time and the time its first content arrived."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Hello! Tell me a story about the number {k % 97}."}],
+        "max_tokens": 64,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    sent = time.time()
+    first = None
+    with session.post(url + "/v1/chat/completions", json=body, stream=True, timeout=60) as response:
+        response.raise_for_status()
+        for line in response.iter_lines(chunk_size=None):
+            if first is None and line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                    first = time.time()
+    if first is None:
+        raise RuntimeError("no content in the stream")
+    return sent, first
+
+
+def timeline(requests_: list[tuple[float, float]], marks_file: Path) -> dict[str, list[float]]:
+    """Milliseconds from each request's send to the first of each mark before its first content."""
+    marks = []
+    for line in marks_file.read_text().splitlines():
+        stamp, _, what = line.partition(" ")
+        marks.append((float(stamp), what))
+    stages: dict[str, list[float]] = defaultdict(list)
+    for sent, first in requests_:
+        seen = set()
+        for stamp, what in marks:
+            if sent <= stamp <= first and what not in seen:
+                seen.add(what)
+                stages[what].append((stamp - sent) * 1000)
+        stages["client parsed the first content chunk"].append((first - sent) * 1000)
+    return stages
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--slots", type=int, default=16, help="max_batch_size of the chat model")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the traced worker
+    args = parser.parse_args()
+    if args.worker:
+        return run_traced_worker(args.worker)
+
+    import requests
+
+    from tests.support import RedisServer, free_port, stop_process, wait_until
+
+    folder = Path(tempfile.mkdtemp(prefix="modelyard-trace-"))
+    marks_file = folder / "marks.log"
+    models_file = folder / "models.yaml"
+    models_file.write_text(
+        f"models:\n  - {{name: {MODEL}, kind: chat, source: '{REPO / 'models' / MODEL}',"
+        f" context_length: 2048, max_batch_size: {args.slots}}}\n"
+    )
+    redis_server = RedisServer(free_port(), folder)
+    redis_server.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODELYARD_REDIS_URL": redis_server.url,
+        "MODELYARD_MODELS_FILE": str(models_file),
+        "MODELYARD_LOG_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+        MARKS_ENV: str(marks_file),
+    }
+    worker_env = {**env, "OMP_WAIT_POLICY": "PASSIVE"}  # as bin/worker (workers/__main__.py)
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--worker", MODEL], env=worker_env, cwd=REPO),
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "64"),
+                *("--bind", f"127.0.0.1:{port}", "--pythonpath", str(REPO / "bench")),
+                "trace_ttft:traced_app()",
+            ],
+            env=env,
+            cwd=REPO,
+        ),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return requests.get(url + "/health", timeout=1).json()["models"][MODEL]
+            except (requests.RequestException, ValueError, KeyError):
+                return False
+
+        wait_until(ready, 180, "the traced API and worker")
+        session = requests.Session()
+        for k in range(args.warmup):
+            stream_once(session, url, k)
+        marks_file.write_text("")
+        sent = [stream_once(session, url, k) for k in range(args.requests)]
+        stages = timeline(sent, marks_file)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        redis_server.stop()
+    print(
+        json.dumps(
+            {
+                "type": "meta",
+                "command": " ".join(sys.argv),
+                "date": time.strftime("%FT%TZ"),
+                "requests": args.requests,
+                "slots": args.slots,
+            }
+        )
+    )
+    previous = 0.0
+    for what, values in sorted(stages.items(), key=lambda kv: statistics.median(kv[1])):
+        at = statistics.median(values)
+        print(
+            json.dumps(
+                {
+                    "mark": what,
+                    "median_ms": round(at, 2),
+                    "step_ms": round(at - previous, 2),
+                    "seen_in": len(values),
+                }
+            )
+        )
+        previous = at
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
