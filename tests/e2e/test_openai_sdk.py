@@ -8,6 +8,10 @@ import numpy as np
 import openai
 import pytest
 import requests
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tests.support import wait_until
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about Redis."}]
 
@@ -147,6 +151,17 @@ def test_embeddings_are_meaningful_and_batch_independent(sdk):
     assert cat @ kitten > cat @ stocks + 0.2
     alone = np.array(sdk.embeddings.create(model="minilm", input=texts[2]).data[0].embedding)
     assert np.allclose(alone, stocks, atol=1e-5)
+
+
+def test_rq_keeps_a_summary_of_an_embedding_job_not_its_vectors(sdk, redis_server):
+    raw = sdk.embeddings.with_raw_response.create(model="minilm", input=["a cat", "a dog"])
+    assert len(raw.parse().data) == 2
+    job = Job.fetch(raw.headers["X-Job-Id"], connection=redis_server.client(), serializer=JSONSerializer)
+    # The client is answered over pub/sub before rq records the job's end.
+    wait_until(lambda: job.latest_result() is not None, 5, "rq to record the result")
+    kept = job.latest_result().return_value
+    assert kept == {"type": "embed", "embeddings": 2, "dimensions": 384, "usage": kept["usage"]}
+    assert kept["usage"]["prompt_tokens"] > 0
 
 
 def test_concurrent_embedding_requests_are_coalesced_into_fewer_jobs(sdk):
