@@ -27,6 +27,7 @@ from shared.errors import (
     InternalError,
     InvalidRequest,
     ModelNotFound,
+    ModelyardError,
     RateLimited,
     ServiceUnavailable,
 )
@@ -43,6 +44,16 @@ _TICK_S = 1.0
 
 #: Retry-After for a model with no live worker: about one worker heartbeat.
 _NO_WORKER_RETRY_S = 5
+
+
+#: Remove a job from its queue (KEYS[1]) and delete its hash (KEYS[2]), only if it was still queued.
+_TAKE_BACK_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+    redis.call('DEL', KEYS[2])
+    return 1
+end
+return 0
+"""
 
 
 def _retry_after(wait_s: float | None) -> int:
@@ -69,10 +80,15 @@ class Dispatcher:
         self.router = router
         self._queues: dict[str, Queue] = {}
         self._live: dict[str, int] = {}
+        self._take_back_script = redis.register_script(_TAKE_BACK_LUA)
 
     # -- admission -------------------------------------------------------------------------
     def resolve(self, name: str, kind: ModelKind, param: str = "model") -> ModelSpec:
-        """The model ``name`` if it exists, serves ``kind`` and has a live worker."""
+        """The model ``name`` if it exists and serves ``kind``.
+
+        Whether it has a live worker and room in its queue is checked by :meth:`submit`, in the
+        same round trip as the enqueue.
+        """
         spec = self.catalog.resolve(name)
         if spec is None:
             raise ModelNotFound(f"The model '{name}' does not exist", param=param)
@@ -82,27 +98,26 @@ class Dispatcher:
                 param=param,
                 code="model_not_supported",
             )
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zcount(keys.model_workers_key(spec.name), time.time(), "+inf")
-        pipe.llen(self.queue(spec.name).key)
-        alive, queued = (int(x) for x in pipe.execute())
-        self._live[spec.name] = alive
+        return spec
+
+    def _refusal(self, spec: ModelSpec, alive: int, queued: int) -> ModelyardError | None:
+        """Why a job that found ``alive`` live workers and ``queued`` jobs ahead may not stay queued."""
         if not alive:
-            raise ServiceUnavailable(
+            return ServiceUnavailable(
                 f"The model '{spec.name}' has no live worker; start one with `bin/worker {spec.name}`",
                 retry_after=_NO_WORKER_RETRY_S,
             )
         if queued >= spec.max_queue:
             wait = wait_estimate(self.redis, spec, queued, alive)
-            raise RateLimited(
+            return RateLimited(
                 f"The model '{spec.name}' has {queued} requests queued (its limit); retry later",
                 code="queue_full",
                 retry_after=_retry_after(wait),
             )
-        return spec
+        return None
 
     def live_workers(self, model: str) -> int:
-        """Live workers of ``model`` at its latest admission in this process."""
+        """Live workers of ``model`` at its latest enqueue in this process."""
         return self._live.get(model, 0)
 
     @staticmethod
@@ -111,13 +126,23 @@ class Dispatcher:
 
     # -- enqueue ---------------------------------------------------------------------------
     def submit(self, job: AnyJob) -> Ticket:
-        """Register for the job's events, then enqueue it on its model's queue."""
+        """Register for the job's events, then admit and enqueue it on its model's queue.
+
+        One transaction reads the model's live workers and queue length and pushes the job, so
+        admission costs no round trip of its own and the queue never grows past ``max_queue``. A job
+        that may not stay (no live worker, a full queue) is taken back out and its error raised,
+        unless a worker has already taken it.
+        """
+        spec = self.catalog.resolve(job.model)
+        assert spec is not None, "jobs are made for resolved models"
         inbox = self.router.register(job.job_id)
         budget = job.deadline - time.time()
+        queue = self.queue(job.model)
         try:
-            # One round trip: rq registers the queue and saves and pushes the job on this pipeline.
+            # One round trip: rq registers the queue, saves and pushes the job (it starts the
+            # transaction itself), then the admission reads.
             pipe = self.redis.pipeline()
-            self.queue(job.model).enqueue(
+            queue.enqueue(
                 keys.JOB_FUNCTION,
                 payload=job.model_dump(mode="json"),
                 job_id=job.job_id,
@@ -128,11 +153,23 @@ class Dispatcher:
                 failure_ttl=keys.FAILURE_TTL_S,
                 pipeline=pipe,
             )
-            pipe.execute()
+            pipe.zcount(keys.model_workers_key(job.model), time.time(), "+inf")
+            pipe.llen(queue.key)
+            *_, alive, length = pipe.execute()
+            alive, queued = int(alive), int(length) - 1  # jobs ahead of this one
+            self._live[job.model] = alive
+            refusal = self._refusal(spec, alive, queued)
+            if refusal is not None and self._take_back(queue, job.job_id):
+                self.router.unregister(job.job_id)
+                raise refusal
         except RedisError as exc:
             self.router.unregister(job.job_id)
             raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc
         return Ticket(job=job, inbox=inbox)
+
+    def _take_back(self, queue: Queue, job_id: str) -> bool:
+        """Remove a just-enqueued job and its rq hash; False if a worker took it meanwhile."""
+        return bool(self._take_back_script(keys=[queue.key, Job.key_for(job_id)], args=[job_id]))
 
     def queue(self, model: str) -> Queue:
         """The rq queue of ``model``."""

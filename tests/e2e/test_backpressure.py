@@ -41,6 +41,13 @@ def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api
             except openai.RateLimitError as full:
                 assert full.code == "queue_full"
                 assert 1 <= int(full.response.headers["Retry-After"]) <= 300
+        # Admission shares the enqueue's transaction; a refused job is taken back out of the queue.
+        burst = [
+            requests.post(api_server.url + "/v1/chat/completions", json=LONG, timeout=30).status_code
+            for _ in range(3)
+        ]
+        assert burst == [429, 429, 429]
+        assert queue.count == 3
 
         queued = queue.get_job_ids()
         for position, job_id in enumerate(queued):
