@@ -8,7 +8,7 @@ gunicorn serving ``api.app`` (as ``bin/api`` does) on free ports of 127.0.0.1, e
 a few functions on the request's path write a wall-clock mark to one shared file; nothing else in
 them changes. Then it sends streamed chat requests one at a time (``max_tokens`` 64, ``ignore_eos``)
 and prints, as JSON lines, the median time from the client's send to each mark: the HTTP request
-reaching Flask, admission, the rq enqueue, the worker's dequeue, rq's bookkeeping, the job function,
+reaching Flask, validation, admission with the rq enqueue, the worker's dequeue, rq's bookkeeping, the job function,
 the prefill, the PUBLISH, the API's router and the first SSE frames, and the client holding the
 first content chunk. All processes share one clock (one machine).
 """
@@ -64,8 +64,8 @@ def traced_app():
     from api.app import create_app
     from api.routes import generation
 
-    _trace(dispatch.Dispatcher, "resolve", "api admitted (ZCOUNT+LLEN)")
-    _trace(dispatch.Dispatcher, "submit", "api enqueued (rq MULTI)")
+    _trace(dispatch.Dispatcher, "resolve", "api validated, model resolved")
+    _trace(dispatch.Dispatcher, "submit", "api admitted and enqueued (one MULTI)")
     _trace(replies.ReplyRouter, "_route", "api router got the event")
     frames = generation.Stream.frames
 
