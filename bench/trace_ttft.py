@@ -8,9 +8,9 @@ gunicorn serving ``api.app`` (as ``bin/api`` does) on free ports of 127.0.0.1, e
 a few functions on the request's path write a wall-clock mark to one shared file; nothing else in
 them changes. Then it sends streamed chat requests one at a time (``max_tokens`` 64, ``ignore_eos``)
 and prints, as JSON lines, the median time from the client's send to each mark: the HTTP request
-reaching Flask, validation, admission with the rq enqueue, the worker's dequeue, rq's bookkeeping, the job function,
-the prefill, the PUBLISH, the API's router and the first SSE frames, and the client holding the
-first content chunk. All processes share one clock (one machine).
+reaching Flask, validation, admission with the rq enqueue, the worker's dequeue, rq's bookkeeping,
+the job function, the prefill, the PUBLISH, the API's router and the first SSE frames, and the
+client holding the first content chunk. All processes share one clock (one machine).
 """
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ MARKS_ENV = "MODELYARD_TRACE_FILE"
 # -- marks (in the traced processes) -------------------------------------------------------------
 
 
+@functools.cache
+def _marks_file():
+    # Opened once per process, not per mark (that would add to what is measured); O_APPEND and one
+    # write per line keep the lines of both processes whole.
+    return open(os.environ[MARKS_ENV], "a", buffering=1)
+
+
 def _mark(what: str) -> None:
-    with open(os.environ[MARKS_ENV], "a") as f:  # O_APPEND: lines of both processes stay whole
-        f.write(f"{time.time():.6f} {what}\n")
+    _marks_file().write(f"{time.time():.6f} {what}\n")
 
 
 def _trace(owner: Any, name: str, label: str, entry: bool = False) -> None:

@@ -362,8 +362,11 @@ class GenerationEngine(Engine):
             "running": len(self._running),
             "waiting": len(self._waiting),
             "active": self._active,
-            "cache_tokens_reserved": sum(seq.cache_tokens for seq in self._running),
+            "cache_tokens_reserved": self._reserved_tokens(),
         }
+
+    def _reserved_tokens(self) -> int:
+        return sum(seq.cache_tokens for seq in self._running)
 
     # -- submit helpers (caller's thread) -----------------------------------------------------------
 
@@ -507,14 +510,15 @@ class GenerationEngine(Engine):
 
     def _admit(self, out: _Outbox) -> None:
         """Prefill waiting sequences that fit and join them to the running batch."""
-        if self._batch is not None and not self._batch.joinable:
-            return  # this model's cache cannot merge: newcomers wait for an empty batch
+        if not self._waiting or (self._batch is not None and not self._batch.joinable):
+            return  # nothing waits, or this model's cache cannot merge: newcomers wait for an empty batch
         chosen: list[_Sequence] = []
         rows: list[int] = []
         prompts: list[list[int]] = []
         prompt_row: dict[tuple[_Request, int], int] = {}
         room = self._max_running - len(self._running)
-        reserved = sum(seq.cache_tokens for seq in self._running)
+        # KV-cache tokens left under the budget (None: no budget); summed only when there is one.
+        free = None if self._cache_tokens is None else self._cache_tokens - self._reserved_tokens()
         longest = 0
         while self._waiting and len(chosen) < room:
             seq = self._waiting[0]
@@ -523,9 +527,10 @@ class GenerationEngine(Engine):
                 continue
             # FIFO: a head that does not fit the cache budget waits, and so does everyone behind it;
             # the first sequence of an empty batch always goes.
-            reserved += seq.cache_tokens
-            if self._cache_tokens is not None and reserved > self._cache_tokens and (self._running or chosen):
-                break
+            if free is not None:
+                if seq.cache_tokens > free and (self._running or chosen):
+                    break
+                free -= seq.cache_tokens
             key = (seq.request, seq.prompt)
             if key not in prompt_row:
                 ids = seq.request.prompts[seq.prompt]
