@@ -39,6 +39,7 @@ ENGINE_COUNTERS = {
     "batches": "Embedding/rerank batches run",
     "forward_passes": "Embedding/rerank forward passes",
     "inputs_done": "Embedding/rerank inputs processed",
+    "busy_ms": "Milliseconds the engine thread spent running batches or decode steps",
     "jobs_done": "Jobs finished",
     "jobs_failed": "Jobs that failed",
     "jobs_cancelled": "Jobs cancelled (client gone, stop-job)",

@@ -55,17 +55,28 @@ def select_models(catalog: ModelCatalog, names: list[str]) -> list[ModelSpec]:
     return specs
 
 
-def run_slot(redis_url: str, worker_id: str, model: str, index: int, draining: threading.Event) -> None:
-    """Run one rq slot until the worker drains; a slot that rq stopped (Redis gone) starts anew."""
+def run_slot(
+    redis_url: str,
+    worker_id: str,
+    model: str,
+    index: int,
+    draining: threading.Event,
+    fetching: threading.Lock,
+) -> None:
+    """Run one rq slot until the worker drains; a slot that rq stopped (Redis gone) starts anew.
+
+    ``fetching`` is shared by the model's slots in this process (see :class:`SlotWorker`)."""
     generation = 0
     while not draining.is_set():
+        # A new name each time: rq refuses a name whose old registration it could not end.
+        name = keys.slot_worker_name(worker_id, model, index) + (f"-{generation}" if generation else "")
         slot = SlotWorker(
             [keys.queue_name(model)],
-            # A new name each time: rq refuses a name whose old registration it could not end.
-            name=keys.slot_worker_name(worker_id, model, index) + (f"-{generation}" if generation else ""),
-            connection=connect(redis_url, socket_timeout=SLOT_WORKER_TTL + 10),
+            name=name,
+            connection=connect(redis_url, socket_timeout=SLOT_WORKER_TTL + 10, name=name),
             serializer=JSONSerializer,
             draining=draining,
+            fetching=fetching,
         )
         try:
             slot.work(logging_level="WARNING")
@@ -168,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
 
     worker_id = new_worker_id()
     draining = threading.Event()
+    fetching = {spec.name: threading.Lock() for spec in specs}
     threads = [
         threading.Thread(
             target=run_slot,
-            args=(settings.redis_url, worker_id, spec.name, i, draining),
+            args=(settings.redis_url, worker_id, spec.name, i, draining, fetching[spec.name]),
             name=keys.slot_worker_name(worker_id, spec.name, i),
             daemon=True,
         )

@@ -43,9 +43,10 @@ class SlotWorker(SimpleWorker):
     # SIGALRM works on the main thread only; slots are not.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args, draining: threading.Event, **kwargs) -> None:
+    def __init__(self, *args, draining: threading.Event, fetching: threading.Lock, **kwargs) -> None:
         super().__init__(*args, worker_ttl=SLOT_WORKER_TTL, **kwargs)
         self._draining = draining
+        self._fetching = fetching
         self._next_suspension_check = 0.0
 
     def _install_signal_handlers(self) -> None:
@@ -58,6 +59,11 @@ class SlotWorker(SimpleWorker):
 
         rq's own loop retries forever and cannot be left between a dequeue and the job's start
         without losing the job; this one checks ``draining`` only before each dequeue.
+
+        Only one slot of a model in a process waits on its queue at a time (``fetching``). Redis
+        hands a job to the client that has blocked longest, and a slot that just took one blocks
+        again behind the other processes' waiting slot, so jobs go round the model's workers
+        instead of piling up on one busy process while another one idles.
         """
         backoff = 1.0
         if self.get_state() != WorkerStatus.IDLE:
@@ -67,14 +73,19 @@ class SlotWorker(SimpleWorker):
                 self.heartbeat()  # an idle slot's beat, between its blocking waits
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
-                result = self.queue_class.dequeue_any(
-                    self._ordered_queues,
-                    timeout,
-                    connection=self.connection,
-                    job_class=self.job_class,
-                    serializer=self.serializer,
-                    death_penalty_class=self.death_penalty_class,
-                )
+                if not self._fetching.acquire(timeout=HEARTBEAT_EVERY_S):
+                    continue
+                try:
+                    result = self.queue_class.dequeue_any(
+                        self._ordered_queues,
+                        timeout,
+                        connection=self.connection,
+                        job_class=self.job_class,
+                        serializer=self.serializer,
+                        death_penalty_class=self.death_penalty_class,
+                    )
+                finally:
+                    self._fetching.release()
             except DequeueTimeout:
                 continue
             except (RedisConnectionError, RedisTimeoutError) as exc:

@@ -307,6 +307,7 @@ class GenerationEngine(Engine):
             "jobs_failed": 0,
             "jobs_cancelled": 0,
             "jobs_expired": 0,
+            "busy_ms": 0,
         }
 
     # -- Engine API (any thread) ------------------------------------------------------------------
@@ -472,6 +473,7 @@ class GenerationEngine(Engine):
                     return
                 new, self._inbox = list(self._inbox), deque()
                 self._requests.extend(new)
+            began = time.perf_counter()
             for req in new:
                 self._waiting.extend(req.sequences)
             out = _Outbox()
@@ -485,6 +487,7 @@ class GenerationEngine(Engine):
                 self._waiting.clear()
                 self._batch, self._running = None, []
             self._flush(out)
+            self._stats["busy_ms"] += round((time.perf_counter() - began) * 1000)
 
     def _iterate(self, out: _Outbox) -> None:
         self._expire(out)

@@ -96,6 +96,7 @@ class PoolingEngine(Engine):
             "jobs_cancelled": 0,
             "jobs_expired": 0,
             "inputs_done": 0,
+            "busy_ms": 0,
         }
 
     # -- what subclasses provide ------------------------------------------------------------------
@@ -210,6 +211,14 @@ class PoolingEngine(Engine):
         return False
 
     def _run_batch(self, batch: list[Ticket]) -> None:
+        began = time.perf_counter()
+        try:
+            self._run_live(batch)
+        finally:
+            with self._lock:
+                self._stats["busy_ms"] += round((time.perf_counter() - began) * 1000)
+
+    def _run_live(self, batch: list[Ticket]) -> None:
         now = time.time()
         live: list[_Pending] = []
         for ticket in batch:

@@ -133,6 +133,7 @@ def test_second_job_joins_running_batch_and_leaves_first(run_engine) -> None:
 
     result = outcome(long)
     assert result.choices[0].text == ("abcdefg" * 50)[:300]
+    assert engine.stats()["busy_ms"] >= 250 * 4  # ~300 decode steps of at least 4 ms each
     assert result.choices[0].finish_reason == "length"
     assert engine.stats()["running"] == 0
 

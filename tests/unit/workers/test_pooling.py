@@ -164,6 +164,24 @@ def test_jobs_submitted_together_share_one_forward_pass(embedder: Embedder, engi
     np.testing.assert_allclose(a.embeddings + b.embeddings, expected, atol=1e-5)
 
 
+def test_busy_ms_counts_the_time_spent_running_batches(embedder: Embedder, engine_factory) -> None:
+    engine = engine_factory(EmbeddingEngine, embedder, spec("embedding"))
+    forward = engine._forward
+
+    def slow_forward(items):
+        time.sleep(0.05)
+        return forward(items)
+
+    engine._forward = slow_forward
+    started = time.perf_counter()
+    outcome(engine.submit(embed_job(SENTENCES[:2]), threading.Event()))
+    deadline = time.monotonic() + 5
+    while engine.stats()["busy_ms"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the batch's time is added just after its jobs are answered
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    assert 50 <= engine.stats()["busy_ms"] <= elapsed_ms + 1
+
+
 def test_token_budget_splits_forward_passes(embedder: Embedder, engine_factory) -> None:
     engine = engine_factory(EmbeddingEngine, embedder, spec("embedding", max_batch_tokens=24), start=False)
     ticket = engine.submit(embed_job(SENTENCES), threading.Event())
