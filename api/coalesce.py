@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from api.dispatch import Dispatcher
+from api.dispatch import Dispatcher, Ticket
 from shared.errors import DeadlineExceeded, InternalError, InvalidRequest, ModelyardError
 from shared.jobs import EmbedJob, EmbedResult, Usage
 from shared.models import ModelSpec
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 _TICK_S = 1.0
 
 #: Jobs in flight per live worker before requests start to coalesce: one running, one queued behind
-#: it, so a worker never idles between jobs (with one, the engine of a busy MiniLM worker idled ~15%
-#: of the time, waiting for the API to send the next job; with two, <1%: bench/RESULTS.md).
+#: it, so a worker never waits for the API between jobs (MiniLM on 2 shared cores: its engine was
+#: busy 85-93% of the time with one, 99.6-100% with two; bench/RESULTS.md).
 IN_FLIGHT_PER_WORKER = 2
 
 
@@ -53,6 +53,10 @@ class _Member:
     @property
     def settled(self) -> bool:
         return self.result is not None or self.error is not None
+
+
+#: A coalesced job on its way: its requests, the job and the dispatcher's ticket for it.
+_Sent = tuple[list[_Member], EmbedJob, Ticket]
 
 
 @dataclass
@@ -172,21 +176,45 @@ class EmbedCoalescer:
         thread.start()
 
     def _run_batches(self, key: tuple[object, ...], spec: ModelSpec, batch: list[_Member]) -> None:
-        """Run coalesced jobs until nothing waits behind them (a thread of its own)."""
-        while True:
+        """Run coalesced jobs until nothing waits behind them (a thread of its own).
+
+        When a job ends, the next one is sent before the ended job's requests are answered: those
+        answers wake a request thread each, and if the send waited its turn behind them, the
+        model's worker would sit idle meanwhile.
+        """
+        sent = self._send(batch) or self._send_next(key, spec)
+        while sent is not None:
+            batch, job, ticket = sent
             try:
-                self._run_batch(batch)
-            except Exception:  # a bug here must not strand the group's waiting requests
+                outcome: EmbedResult | ModelyardError = self._collect(batch, ticket)
+            except ModelyardError as error:
+                outcome = error
+            except Exception:  # a bug here must not strand the batch's waiting requests
                 log.exception("coalesced embedding job failed")
+                outcome = InternalError("the coalesced job failed")
+            sent = self._send_next(key, spec)
+            try:
+                self._answer(batch, job, outcome)
+            except Exception:
+                log.exception("answering a coalesced embedding job failed")
                 self._settle(batch, error=InternalError("the coalesced job failed"))
+
+    def _send_next(self, key: tuple[object, ...], spec: ModelSpec) -> _Sent | None:
+        """Send the oldest waiting requests as the group's next job; None, freeing the group's
+        place in flight, when nothing waits."""
+        while True:
             with self._lock:
                 group = self._groups[key]
                 if not group.pending:
                     group.in_flight -= 1
-                    return
+                    return None
                 batch = self._take(group, spec)
+            sent = self._send(batch)
+            if sent is not None:
+                return sent
 
-    def _run_batch(self, batch: list[_Member]) -> None:
+    def _send(self, batch: list[_Member]) -> _Sent | None:
+        """Enqueue one job with the batch's inputs; None (the batch answered) if it was refused."""
         first = batch[0].job
         job = first.model_copy(
             update={
@@ -196,28 +224,41 @@ class EmbedCoalescer:
             }
         )
         try:
-            result = self._run_alone(job, lambda: all(member.gone for member in batch))
-        except InvalidRequest as error:
-            if len(batch) == 1:
-                self._settle(batch, error=error)
-                return
+            return batch, job, self._dispatcher.submit(job)
+        except ModelyardError as error:
+            self._settle(batch, error=error)
+        except Exception:
+            log.exception("enqueueing a coalesced embedding job failed")
+            self._settle(batch, error=InternalError("the coalesced job failed"))
+        return None
+
+    def _collect(self, batch: list[_Member], ticket: Ticket) -> EmbedResult:
+        """Wait for a sent job's result (raises its error)."""
+        try:
+            return self._dispatcher.result(ticket, lambda: all(member.gone for member in batch))
+        finally:
+            self._dispatcher.close(ticket)
+
+    def _answer(self, batch: list[_Member], job: EmbedJob, outcome: EmbedResult | ModelyardError) -> None:
+        """Give each request of the batch its share of the job's result, or the job's error."""
+        if isinstance(outcome, InvalidRequest) and len(batch) > 1:
             # One request's input spoilt the job for all: each runs alone and gets its own answer.
             with self._lock:
                 for member in batch:
                     member.alone = True
                     member.wake.set()
             return
-        except ModelyardError as error:
-            self._settle(batch, error=error)
+        if isinstance(outcome, ModelyardError):
+            self._settle(batch, error=outcome)
             return
         start = 0
         with self._lock:
             for member in batch:
                 end = start + len(member.job.inputs)
-                tokens = result.input_tokens[start:end]
+                tokens = outcome.input_tokens[start:end]
                 total = sum(tokens)
                 member.result = EmbedResult(
-                    embeddings=result.embeddings[start:end],
+                    embeddings=outcome.embeddings[start:end],
                     usage=Usage(prompt_tokens=total, total_tokens=total),
                     input_tokens=tokens,
                 )

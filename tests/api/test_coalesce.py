@@ -107,3 +107,30 @@ def test_under_light_load_every_request_is_its_own_job(services) -> None:
         job = new_job(services, [text])
         job_id, result = services.coalescer.embed(job, model_spec, lambda: False)
         assert job_id == job.job_id and len(result.embeddings) == 1
+
+
+def test_the_next_job_is_sent_before_the_last_ones_requests_are_answered(services, busy, monkeypatch) -> None:
+    """Answering wakes a request thread each; the model's worker must not wait behind them."""
+    sent_at: list[tuple[float, list]] = []
+    submit = services.dispatcher.submit
+
+    def recording_submit(job):
+        sent_at.append((time.perf_counter(), job.inputs))
+        return submit(job)
+
+    monkeypatch.setattr(services.dispatcher, "submit", recording_submit)
+    answered_at: dict[str, float] = {}
+    barrier = threading.Barrier(3)
+
+    def call(text):
+        barrier.wait()
+        services.coalescer.embed(new_job(services, [text]), spec(services, 2), lambda: False)
+        answered_at[text] = time.perf_counter()
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(call, TEXTS[:3]))
+
+    # Two requests filled the first job; the third waited behind it and went as the next one.
+    assert [len(inputs) for _, inputs in sent_at] == [2, 1]
+    (first_sent, first_inputs), (second_sent, _) = sent_at
+    assert all(second_sent < answered_at[text] for text in first_inputs)
