@@ -970,7 +970,9 @@ def meta(args: argparse.Namespace, quiet: dict[str, Any]) -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     versions = {}
-    for package in ("torch", "transformers", "sentence-transformers", "rq", "redis", "flask", "gunicorn"):
+    packages = ("torch", "transformers", "sentence-transformers", "rq", "redis", "hiredis")
+    packages += ("flask", "gunicorn")
+    for package in packages:
         try:
             from importlib.metadata import version
 
