@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/trace_ttft.py                 # 60 requests, tiny-chat, 16 slots
     .venv/bin/python bench/trace_ttft.py --requests 200
+    .venv/bin/python bench/trace_ttft.py --embeddings    # one-sentence embedding requests instead
 
 A script, not a test. It starts its own redis-server, one ``bin/worker``-equivalent process and
 gunicorn serving ``api.app`` (as ``bin/api`` does) on free ports of 127.0.0.1, each wrapped so that
@@ -10,7 +11,10 @@ them changes. Then it sends streamed chat requests one at a time (``max_tokens``
 and prints, as JSON lines, the median time from the client's send to each mark: the HTTP request
 reaching Flask, validation, admission with the rq enqueue, the worker's dequeue, rq's bookkeeping,
 the job function, the prefill, the PUBLISH, the API's router and the first SSE frames, and the
-client holding the first content chunk. All processes share one clock (one machine).
+client holding the first content chunk. All processes share one clock (one machine). With
+``--embeddings`` the requests are one-sentence embeddings (all-MiniLM-L6-v2, base64), timed to the
+whole response, with marks on the embedding engine's batch, the PUBLISH of the result and the API's
+response instead.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODEL = "tiny-chat"
+EMBED_MODEL = "all-MiniLM-L6-v2"
 MARKS_ENV = "MODELYARD_TRACE_FILE"
 
 
@@ -66,11 +71,12 @@ def _trace(owner: Any, name: str, label: str, entry: bool = False) -> None:
 
 def traced_app():
     """``api.app.create_app()`` with marks on admission, enqueue, the reply router and the SSE frames."""
-    from api import dispatch, replies
+    from api import dispatch, replies, responses
     from api.app import create_app
     from api.routes import generation
 
     _trace(dispatch.Dispatcher, "resolve", "api validated, model resolved")
+    _trace(responses, "embeddings", "api built the embeddings response")
     _trace(dispatch.Dispatcher, "submit", "api admitted and enqueued (one MULTI)")
     _trace(replies.ReplyRouter, "_route", "api router got the event")
     frames = generation.Stream.frames
@@ -94,7 +100,7 @@ def run_traced_worker(model: str) -> int:
 
     from workers import main as worker_main
     from workers import publisher, tasks
-    from workers.engines import generation
+    from workers.engines import generation, pooling
 
     dequeue = Queue.dequeue_any.__func__
 
@@ -117,6 +123,8 @@ def run_traced_worker(model: str) -> int:
     _trace(generation.GenerationEngine, "submit", "worker job tokenized and submitted")
     _trace(generation.GenerationEngine, "_admit", "engine prefill + first sample", entry=True)
     _trace(publisher.RedisEventSink, "publish", "engine published the first token")
+    _trace(pooling.PoolingEngine, "_run_batch", "engine embedding batch", entry=True)
+    _trace(publisher.RedisEventSink, "publish_done", "worker published the result")
     return worker_main.main([model])
 
 
@@ -146,7 +154,22 @@ def stream_once(session, url: str, k: int) -> tuple[float, float]:
     return sent, first
 
 
-def timeline(requests_: list[tuple[float, float]], marks_file: Path) -> dict[str, list[float]]:
+def embed_once(session, url: str, k: int) -> tuple[float, float]:
+    """Send one one-sentence embedding request; its send time and the time its response was read."""
+    body = {
+        "model": EMBED_MODEL,
+        "input": f"A sentence about the number {k % 97}.",
+        "encoding_format": "base64",
+    }
+    sent = time.time()
+    response = session.post(url + "/v1/embeddings", json=body, timeout=60)
+    response.raise_for_status()
+    if len(response.json()["data"]) != 1:
+        raise RuntimeError("not one embedding")
+    return sent, time.time()
+
+
+def timeline(requests_: list[tuple[float, float]], marks_file: Path, last: str) -> dict[str, list[float]]:
     """Milliseconds from each request's send to the first of each mark before its first content."""
     marks = []
     for line in marks_file.read_text().splitlines():
@@ -159,7 +182,7 @@ def timeline(requests_: list[tuple[float, float]], marks_file: Path) -> dict[str
             if sent <= stamp <= first and what not in seen:
                 seen.add(what)
                 stages[what].append((stamp - sent) * 1000)
-        stages["client parsed the first content chunk"].append((first - sent) * 1000)
+        stages[last].append((first - sent) * 1000)
     return stages
 
 
@@ -167,7 +190,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--slots", type=int, default=16, help="max_batch_size of the chat model")
+    parser.add_argument("--slots", type=int, default=16, help="max_batch_size of the model")
+    parser.add_argument("--embeddings", action="store_true", help="trace embedding requests, not chat")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the traced worker
     args = parser.parse_args()
     if args.worker:
@@ -180,10 +204,14 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="modelyard-trace-"))
     marks_file = folder / "marks.log"
     models_file = folder / "models.yaml"
+    model = EMBED_MODEL if args.embeddings else MODEL
+    kind = "embedding" if args.embeddings else "chat, context_length: 2048"
     models_file.write_text(
-        f"models:\n  - {{name: {MODEL}, kind: chat, source: '{REPO / 'models' / MODEL}',"
-        f" context_length: 2048, max_batch_size: {args.slots}}}\n"
+        f"models:\n  - {{name: {model}, kind: {kind}, source: '{REPO / 'models' / model}',"
+        f" max_batch_size: {args.slots}}}\n"
     )
+    send = embed_once if args.embeddings else stream_once
+    last = "client read the response" if args.embeddings else "client parsed the first content chunk"
     redis_server = RedisServer(free_port(), folder)
     redis_server.start()
     port = free_port()
@@ -195,9 +223,8 @@ def main() -> int:
         "HF_HUB_OFFLINE": "1",
         MARKS_ENV: str(marks_file),
     }
-    worker_env = {**env, "OMP_WAIT_POLICY": "PASSIVE"}  # as bin/worker (workers/__main__.py)
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--worker", MODEL], env=worker_env, cwd=REPO),
+        subprocess.Popen([sys.executable, __file__, "--worker", model], env=env, cwd=REPO),
         subprocess.Popen(
             [
                 *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "64"),
@@ -213,17 +240,17 @@ def main() -> int:
 
         def ready() -> bool:
             try:
-                return requests.get(url + "/health", timeout=1).json()["models"][MODEL]
+                return requests.get(url + "/health", timeout=1).json()["models"][model]
             except (requests.RequestException, ValueError, KeyError):
                 return False
 
         wait_until(ready, 180, "the traced API and worker")
         session = requests.Session()
         for k in range(args.warmup):
-            stream_once(session, url, k)
+            send(session, url, k)
         marks_file.write_text("")
-        sent = [stream_once(session, url, k) for k in range(args.requests)]
-        stages = timeline(sent, marks_file)
+        sent = [send(session, url, k) for k in range(args.requests)]
+        stages = timeline(sent, marks_file, last)
     finally:
         for proc in procs:
             stop_process(proc)
@@ -235,6 +262,7 @@ def main() -> int:
                 "command": " ".join(sys.argv),
                 "date": time.strftime("%FT%TZ"),
                 "requests": args.requests,
+                "model": model,
                 "slots": args.slots,
             }
         )

@@ -1,10 +1,7 @@
-import os
 import sys
 
-# Before torch loads OpenMP: its idle threads sleep instead of spinning. Same speed (bench/RESULTS.md),
-# and the cores stay free for the API, Redis and other workers sharing the machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from workers.main import main
 
-from workers.main import main  # noqa: E402
-
+# OpenMP keeps its default wait policy (spin briefly, then sleep; an idle worker uses ~0.01 cores):
+# OMP_WAIT_POLICY=PASSIVE made a one-sentence MiniLM embedding 3-6 ms slower (bench/RESULTS.md).
 sys.exit(main())
