@@ -140,22 +140,29 @@ class EmbedCoalescer:
     # -- running jobs ----------------------------------------------------------------------------
 
     def _run_alone(self, job: EmbedJob, client_gone: Callable[[], bool]) -> EmbedResult:
-        dispatcher = self._dispatcher
-        ticket = dispatcher.submit(job)
+        return self._collect(self._dispatcher.submit(job), client_gone)
+
+    def _collect(self, ticket: Ticket, client_gone: Callable[[], bool]) -> EmbedResult:
+        """Wait for a sent job's result (raises its error)."""
         try:
-            return dispatcher.result(ticket, client_gone)
+            return self._dispatcher.result(ticket, client_gone)
         finally:
-            dispatcher.close(ticket)
+            self._dispatcher.close(ticket)
 
     def _release(self, key: tuple[object, ...], spec: ModelSpec) -> None:
         """One of the group's jobs ended: send what waited behind it, or free its place."""
+        batch = self._take_or_free(key, spec)
+        if batch is not None:
+            self._start(key, spec, batch)
+
+    def _take_or_free(self, key: tuple[object, ...], spec: ModelSpec) -> list[_Member] | None:
+        """The group's next batch, or None, freeing the place in flight, when nothing waits."""
         with self._lock:
             group = self._groups[key]
             if not group.pending:
                 group.in_flight -= 1
-                return
-            batch = self._take(group, spec)
-        self._start(key, spec, batch)
+                return None
+            return self._take(group, spec)
 
     @staticmethod
     def _take(group: _Group, spec: ModelSpec) -> list[_Member]:
@@ -186,7 +193,9 @@ class EmbedCoalescer:
         while sent is not None:
             batch, job, ticket = sent
             try:
-                outcome: EmbedResult | ModelyardError = self._collect(batch, ticket)
+                outcome: EmbedResult | ModelyardError = self._collect(
+                    ticket, lambda batch=batch: all(member.gone for member in batch)
+                )
             except ModelyardError as error:
                 outcome = error
             except Exception:  # a bug here must not strand the batch's waiting requests
@@ -202,16 +211,11 @@ class EmbedCoalescer:
     def _send_next(self, key: tuple[object, ...], spec: ModelSpec) -> _Sent | None:
         """Send the oldest waiting requests as the group's next job; None, freeing the group's
         place in flight, when nothing waits."""
-        while True:
-            with self._lock:
-                group = self._groups[key]
-                if not group.pending:
-                    group.in_flight -= 1
-                    return None
-                batch = self._take(group, spec)
+        while (batch := self._take_or_free(key, spec)) is not None:
             sent = self._send(batch)
             if sent is not None:
                 return sent
+        return None
 
     def _send(self, batch: list[_Member]) -> _Sent | None:
         """Enqueue one job with the batch's inputs; None (the batch answered) if it was refused."""
@@ -231,13 +235,6 @@ class EmbedCoalescer:
             log.exception("enqueueing a coalesced embedding job failed")
             self._settle(batch, error=InternalError("the coalesced job failed"))
         return None
-
-    def _collect(self, batch: list[_Member], ticket: Ticket) -> EmbedResult:
-        """Wait for a sent job's result (raises its error)."""
-        try:
-            return self._dispatcher.result(ticket, lambda: all(member.gone for member in batch))
-        finally:
-            self._dispatcher.close(ticket)
 
     def _answer(self, batch: list[_Member], job: EmbedJob, outcome: EmbedResult | ModelyardError) -> None:
         """Give each request of the batch its share of the job's result, or the job's error."""

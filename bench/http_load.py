@@ -8,6 +8,7 @@ prebuilt request bytes and reads replies by ``Content-Length``: roughly a tenth 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -59,7 +60,7 @@ async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 async def _connection(index: int, call: RawCall, t_end: float, record: Recorder, pause: float) -> None:
     writer = None
     try:
-        for n in range(1_000_000_000):
+        for n in itertools.count():
             if time.perf_counter() >= t_end:
                 break
             t0 = time.perf_counter()
