@@ -9,6 +9,10 @@ as its own job: coalescing adds no latency when there is nothing to amortise.
 A coalesced job is an ordinary rq job whose inputs are its requests' inputs, so the queue, the
 registries and rq-dashboard show it as it is. Each request keeps its own deadline and its own
 client: one that leaves stops waiting, and the job is cancelled only when all of them have left.
+The coalesced job runs with a request context of its own (no record, nobody charged); each request
+it served then gets the dispatcher middleware's ``after_result`` with its own context and its share
+of the result, as if it had run alone (its record names the coalesced job; its client is charged
+its own tokens).
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from api.dispatch import Dispatcher, Ticket
-from shared.errors import DeadlineExceeded, InternalError, InvalidRequest, ModelyardError
+from api.dispatch import Dispatcher
+from api.job_run import TICK_S, JobRun
+from api.middleware import RequestContext
+from shared.catalog import ModelSpec
+from shared.errors import Cancelled, DeadlineExceeded, InternalError, InvalidRequest, ModelyardError
 from shared.jobs import EmbedJob, EmbedResult, Usage
-from shared.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
-#: Seconds a waiting request sleeps between checks that its client is still there.
-_TICK_S = 1.0
+#: Failures of a coalesced job that may come from one request's input (a 400, or a model or worker
+#: that failed on it): its requests then run alone, each for its own answer. Others (no live worker,
+#: queue full, Redis down, deadline passed) would fail alone too, and are shared as they are.
+_INPUT_FAILURES = (InvalidRequest, InternalError)
 
 #: Jobs in flight per live worker before requests start to coalesce: one running, one queued behind
 #: it, so a worker never waits for the API between jobs (MiniLM on 2 shared cores: its engine was
@@ -40,11 +47,12 @@ class _Member:
     """One request waiting in (or for) a coalesced job."""
 
     job: EmbedJob
+    context: RequestContext
     wake: threading.Event = field(default_factory=threading.Event)
     result: EmbedResult | None = None
     error: ModelyardError | None = None
-    #: The rq job that carried its inputs (the response's ``X-Job-Id``).
-    job_id: str | None = None
+    #: The coalesced job that carried its inputs, once queued (its id is the response's ``X-Job-Id``).
+    ran_in: EmbedJob | None = None
     #: Its job was refused as a whole: it must run on its own to get its own answer.
     alone: bool = False
     #: Its client left or its deadline passed: nobody reads its result.
@@ -55,8 +63,8 @@ class _Member:
         return self.result is not None or self.error is not None
 
 
-#: A coalesced job on its way: its requests, the job and the dispatcher's ticket for it.
-_Sent = tuple[list[_Member], EmbedJob, Ticket]
+#: A coalesced job on its way: its requests and the job's run.
+_Sent = tuple[list[_Member], JobRun]
 
 
 @dataclass
@@ -75,16 +83,15 @@ class EmbedCoalescer:
         self._lock = threading.Lock()
         self._groups: dict[tuple[object, ...], _Group] = {}
 
-    def embed(
-        self, job: EmbedJob, spec: ModelSpec, client_gone: Callable[[], bool]
-    ) -> tuple[str, EmbedResult]:
+    def embed(self, job: EmbedJob, spec: ModelSpec, context: RequestContext) -> tuple[str, EmbedResult]:
         """Run ``job`` alone or in a coalesced job; the id of the rq job that ran it, and its result."""
         if spec.coalesce_inputs <= 1:
-            return job.job_id, self._run_alone(job, client_gone)
-        # Only requests the worker would treat alike share a job (and a rate-limit subject).
-        key = (job.model, job.dimensions, job.rate_subject)
+            return job.job_id, self._run_alone(job, context)
+        # Only requests the worker would treat alike share a job (and an owner: the job's id is
+        # each request's X-Job-Id, which only its owner may look up).
+        key = (job.model, job.dimensions, job.owner, job.band, job.lane)
         limit = IN_FLIGHT_PER_WORKER * max(1, self._dispatcher.live_workers(job.model))
-        member = _Member(job)
+        member = _Member(job, context)
         batch: list[_Member] | None = None
         with self._lock:
             group = self._groups.setdefault(key, _Group())
@@ -98,37 +105,38 @@ class EmbedCoalescer:
                     group.in_flight += 1
         if alone:  # nothing waits behind this process's jobs: go at once, as its own job
             try:
-                return job.job_id, self._run_alone(job, client_gone)
+                return job.job_id, self._run_alone(job, context)
             finally:
                 self._release(key, spec)
         if batch is not None:
             self._start(key, spec, batch)
-        return self._wait(member, key, client_gone)
+        return self._wait(member, key)
 
     # -- waiting requests ----------------------------------------------------------------------
 
-    def _wait(
-        self, member: _Member, key: tuple[object, ...], client_gone: Callable[[], bool]
-    ) -> tuple[str, EmbedResult]:
+    def _wait(self, member: _Member, key: tuple[object, ...]) -> tuple[str, EmbedResult]:
         while True:
             with self._lock:
                 member.wake.clear()
-                if member.alone:
+                if member.alone or member.settled:
                     break
-                if member.settled:
-                    if member.error is not None:
-                        raise member.error
-                    assert member.result is not None and member.job_id is not None
-                    return member.job_id, member.result
                 remaining = member.job.deadline - time.time()
-                if remaining <= 0 or client_gone():
+                if remaining <= 0 or member.context.client_gone():
                     self._leave(member, key)
                     if remaining <= 0:
                         raise DeadlineExceeded("the request's deadline passed before the result was ready")
-                    raise DeadlineExceeded("the client went away")
-            member.wake.wait(min(_TICK_S, remaining))
-        # Its coalesced job was refused: run it alone for its own answer (or error).
-        return member.job.job_id, self._run_alone(member.job, client_gone)
+                    raise Cancelled("the client went away")
+            member.wake.wait(min(TICK_S, remaining))
+        if member.alone:  # its coalesced job was refused: run it alone for its own answer (or error)
+            return member.job.job_id, self._run_alone(member.job, member.context)
+        outcome = member.error or member.result
+        assert outcome is not None
+        if member.ran_in is not None:  # its share, as its own run would have reported it
+            self._dispatcher.middleware.after_result(member.ran_in, member.context, outcome)
+        if member.error is not None:
+            raise member.error
+        assert member.result is not None and member.ran_in is not None
+        return member.ran_in.job_id, member.result
 
     def _leave(self, member: _Member, key: tuple[object, ...]) -> None:
         """Forget a request nobody waits for any more (caller holds the lock)."""
@@ -139,15 +147,9 @@ class EmbedCoalescer:
 
     # -- running jobs ----------------------------------------------------------------------------
 
-    def _run_alone(self, job: EmbedJob, client_gone: Callable[[], bool]) -> EmbedResult:
-        return self._collect(self._dispatcher.submit(job), client_gone)
-
-    def _collect(self, ticket: Ticket, client_gone: Callable[[], bool]) -> EmbedResult:
-        """Wait for a sent job's result (raises its error)."""
-        try:
-            return self._dispatcher.result(ticket, client_gone)
-        finally:
-            self._dispatcher.close(ticket)
+    def _run_alone(self, job: EmbedJob, context: RequestContext) -> EmbedResult:
+        with self._dispatcher.run(job, context) as run:
+            return run.wait()
 
     def _release(self, key: tuple[object, ...], spec: ModelSpec) -> None:
         """One of the group's jobs ended: send what waited behind it, or free its place."""
@@ -191,11 +193,10 @@ class EmbedCoalescer:
         """
         sent = self._send(batch) or self._send_next(key, spec)
         while sent is not None:
-            batch, job, ticket = sent
+            batch, run = sent
             try:
-                outcome: EmbedResult | ModelyardError = self._collect(
-                    ticket, lambda batch=batch: all(member.gone for member in batch)
-                )
+                with run:
+                    outcome: EmbedResult | ModelyardError = run.wait()
             except ModelyardError as error:
                 outcome = error
             except Exception:  # a bug here must not strand the batch's waiting requests
@@ -203,7 +204,7 @@ class EmbedCoalescer:
                 outcome = InternalError("the coalesced job failed")
             sent = self._send_next(key, spec)
             try:
-                self._answer(batch, job, outcome)
+                self._answer(batch, run.job, outcome)
             except Exception:
                 log.exception("answering a coalesced embedding job failed")
                 self._settle(batch, error=InternalError("the coalesced job failed"))
@@ -227,19 +228,26 @@ class EmbedCoalescer:
                 "deadline": max(member.job.deadline for member in batch),
             }
         )
+        # Left when every one of its requests has left.
+        context = RequestContext(client_gone=lambda: all(member.gone for member in batch))
         try:
-            return batch, job, self._dispatcher.submit(job)
+            run = self._dispatcher.run(job, context)
         except ModelyardError as error:
             self._settle(batch, error=error)
         except Exception:
             log.exception("enqueueing a coalesced embedding job failed")
             self._settle(batch, error=InternalError("the coalesced job failed"))
+        else:
+            with self._lock:
+                for member in batch:
+                    member.ran_in = job
+            return batch, run
         return None
 
     def _answer(self, batch: list[_Member], job: EmbedJob, outcome: EmbedResult | ModelyardError) -> None:
         """Give each request of the batch its share of the job's result, or the job's error."""
-        if isinstance(outcome, InvalidRequest) and len(batch) > 1:
-            # One request's input spoilt the job for all: each runs alone and gets its own answer.
+        if isinstance(outcome, _INPUT_FAILURES) and len(batch) > 1:
+            # One request's input may have spoilt the job for all: each runs alone for its own answer.
             with self._lock:
                 for member in batch:
                     member.alone = True
@@ -259,7 +267,6 @@ class EmbedCoalescer:
                     usage=Usage(prompt_tokens=total, total_tokens=total),
                     input_tokens=tokens,
                 )
-                member.job_id = job.job_id
                 member.wake.set()
                 start = end
         log.debug("coalesced %d requests (%d inputs) into job %s", len(batch), start, job.job_id)

@@ -1,4 +1,4 @@
-"""Admission, enqueueing and waiting: the path of every job through Redis."""
+"""Admission, enqueueing and cancelling: the path of every job through Redis (waiting: api/job_run.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import queue
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis import Redis, RedisError
@@ -18,12 +18,17 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from api.cancels import CancelBacklog
+from api.errors import RedisUnavailable, busy
 from api.fleet import wait_estimate
-from api.replies import Event, ReplyRouter
+from api.job_run import JobRun
+from api.middleware import DispatchMiddleware, MiddlewareChain, RequestContext
+from api.reply_router import Event, ReplyRouter
 from shared import keys
+from shared.catalog import ModelCatalog, ModelKind, ModelSpec
+from shared.connection import PoolExhausted
 from shared.errors import (
     Cancelled,
-    DeadlineExceeded,
     InternalError,
     InvalidRequest,
     ModelNotFound,
@@ -31,16 +36,11 @@ from shared.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from shared.events import DoneEvent, ErrorEvent, WorkerLostEvent, encode_event
-from shared.jobs import EmbedJob, GenerateJob, RerankJob, decode_result
-from shared.models import ModelCatalog, ModelKind, ModelSpec
+from shared.events import DoneEvent, ErrorEvent, encode_event
+from shared.jobs import AnyJob, BadMessage, decode_job, decode_result
+from shared.priority import BANDS, DEFAULT_BAND, LANES_PER_BAND, Band, band_index
 
 log = logging.getLogger(__name__)
-
-AnyJob = GenerateJob | EmbedJob | RerankJob
-
-#: Seconds a waiting request sleeps between checks that its client is still there.
-_TICK_S = 1.0
 
 #: Retry-After for a model with no live worker: about one worker heartbeat.
 _NO_WORKER_RETRY_S = 5
@@ -56,6 +56,11 @@ return 0
 """
 
 
+def _bands_up_to(band: Band) -> tuple[Band, ...]:
+    """``band`` and the bands more urgent than it, most urgent first."""
+    return BANDS[: band_index(band) + 1]
+
+
 def _retry_after(wait_s: float | None) -> int:
     """Whole seconds for Retry-After: the estimate, kept within [1, 300]; 5 before any estimate."""
     if wait_s is None:
@@ -64,7 +69,7 @@ def _retry_after(wait_s: float | None) -> int:
 
 
 @dataclass
-class Ticket:
+class Submission:
     """A job this process enqueued and is waiting for."""
 
     job: AnyJob
@@ -74,19 +79,34 @@ class Ticket:
 class Dispatcher:
     """Turns validated requests into rq jobs and their events into results."""
 
-    def __init__(self, redis: Redis, catalog: ModelCatalog, router: ReplyRouter) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        catalog: ModelCatalog,
+        router: ReplyRouter,
+        *,
+        retention_s: int = 60,
+        middleware: Iterable[DispatchMiddleware] = (),
+    ) -> None:
         self.redis = redis
         self.catalog = catalog
         self.router = router
+        #: Cross-cutting work on every job (api/middleware.py), in the app factory's order.
+        self.middleware = MiddlewareChain(middleware)
+        #: Seconds an ended job (its prompt and output) stays in Redis: ``Settings.job_retention_s``.
+        self.retention_s = retention_s
         self._queues: dict[str, Queue] = {}
         self._live: dict[str, int] = {}
         self._take_back_script = redis.register_script(_TAKE_BACK_LUA)
+        #: Jobs answered while Redis was unreachable: cancelled as soon as it answers again.
+        self._unsent_cancels = CancelBacklog(self._cancel)
+        router.on_abandon(self._unsent_cancels.add)
 
     # -- admission -------------------------------------------------------------------------
     def resolve(self, name: str, kind: ModelKind, param: str = "model") -> ModelSpec:
         """The model ``name`` if it exists and serves ``kind``.
 
-        Whether it has a live worker and room in its queue is checked by :meth:`submit`, in the
+        Whether it has a live worker and room in its queue is checked by :meth:`run`, in the
         same round trip as the enqueue.
         """
         spec = self.catalog.resolve(name)
@@ -124,20 +144,38 @@ class Dispatcher:
     def new_job_id() -> str:
         return uuid.uuid4().hex
 
-    # -- enqueue ---------------------------------------------------------------------------
-    def submit(self, job: AnyJob) -> Ticket:
+    # -- running a job ---------------------------------------------------------------------
+    def run(self, job: AnyJob, context: RequestContext) -> JobRun:
+        """Submit ``job`` for the request of ``context``; the one way a job is run::
+
+            with dispatcher.run(job, context) as run:
+                result = run.wait()  # or: for event in run.events(): ...
+
+        Raises the job's refusal (no live worker, a full queue, Redis down, or a middleware's)
+        before anything waits; the middleware's hooks run around the submit and the wait.
+        """
+        self.middleware.before_submit(job, context)
+        submission = self._submit(job)
+        self.middleware.after_submit(submission.job, context)
+        return JobRun(self, submission, context)
+
+    def _submit(self, job: AnyJob) -> Submission:
         """Register for the job's events, then admit and enqueue it on its model's queue.
 
         One transaction reads the model's live workers and queue length and pushes the job, so
         admission costs no round trip of its own and the queue never grows past ``max_queue``. A job
         that may not stay (no live worker, a full queue) is taken back out and its error raised,
         unless a worker has already taken it.
+
+        The job replies to the channel of the router session it was registered in (whatever
+        ``job.reply_to`` said): that channel's subscriber is what tells workers someone waits.
         """
         spec = self.catalog.resolve(job.model)
         assert spec is not None, "jobs are made for resolved models"
-        inbox = self.router.register(job.job_id)
+        channel, inbox = self.router.register(job.job_id)
+        job = job.model_copy(update={"reply_to": channel})
         budget = job.deadline - time.time()
-        queue = self.queue(job.model)
+        queue = self.queue(job.model, job.band, job.lane)
         try:
             # One round trip: rq registers the queue, saves and pushes the job (it starts the
             # transaction itself), then the admission reads.
@@ -149,79 +187,86 @@ class Dispatcher:
                 description=f"{job.type} {job.model}",
                 ttl=max(1, math.ceil(budget)),
                 job_timeout=max(1, math.ceil(budget)) + 5,
-                result_ttl=keys.RESULT_TTL_S,
-                failure_ttl=keys.FAILURE_TTL_S,
+                result_ttl=self.retention_s,
+                failure_ttl=self.retention_s,
                 pipeline=pipe,
             )
             pipe.zcount(keys.model_workers_key(job.model), time.time(), "+inf")
-            pipe.llen(queue.key)
-            *_, alive, length = pipe.execute()
-            alive, queued = int(alive), int(length) - 1  # jobs ahead of this one
+            # The jobs of its band and the bands above it: those that may start before it. A flood
+            # of low-band work does not make a high request's queue full.
+            admitting = _bands_up_to(job.band)
+            for name in keys.model_queue_names(job.model, admitting):
+                pipe.llen(keys.RQ_QUEUE_PREFIX + name)
+            replies = pipe.execute()
+            alive = int(replies[-1 - len(admitting) * LANES_PER_BAND])
+            queued = sum(int(n) for n in replies[len(replies) - len(admitting) * LANES_PER_BAND :]) - 1
             self._live[job.model] = alive
             refusal = self._refusal(spec, alive, queued)
             if refusal is not None and self._take_back(queue, job.job_id):
                 self.router.unregister(job.job_id)
                 raise refusal
+        except PoolExhausted as exc:  # Redis is up; this process has too much in flight
+            self.router.unregister(job.job_id)
+            raise busy(exc) from exc
         except RedisError as exc:
             self.router.unregister(job.job_id)
-            raise ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2) from exc
-        return Ticket(job=job, inbox=inbox)
+            # The transaction may have run before the connection failed: the job must not run.
+            self._unsent_cancels.add([job.job_id])
+            raise RedisUnavailable() from exc
+        return Submission(job=job, inbox=inbox)
 
     def _take_back(self, queue: Queue, job_id: str) -> bool:
         """Remove a just-enqueued job and its rq hash; False if a worker took it meanwhile."""
         return bool(self._take_back_script(keys=[queue.key, Job.key_for(job_id)], args=[job_id]))
 
-    def queue(self, model: str) -> Queue:
-        """The rq queue of ``model``."""
-        if model not in self._queues:
-            self._queues[model] = Queue(
-                keys.queue_name(model), connection=self.redis, serializer=JSONSerializer
-            )
-        return self._queues[model]
+    def queue(self, model: str, band: Band = DEFAULT_BAND, lane: int = 0) -> Queue:
+        """The rq queue of ``model`` for ``band`` and ``lane`` (default: the normal band's lane 0)."""
+        return self.named_queue(keys.queue_name(model, band, lane))
+
+    def named_queue(self, name: str) -> Queue:
+        """The rq queue called ``name`` (one of :func:`shared.keys.model_queue_names`)."""
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.redis, serializer=JSONSerializer)
+        return self._queues[name]
 
     def queue_position(self, job: AnyJob) -> int | None:
-        """Jobs ahead of ``job`` in its queue (0: next), or None once a worker took it."""
+        """Jobs ahead of ``job`` (0: next), or None once a worker took it (see :meth:`jobs_ahead`)."""
         try:
-            return self.queue(job.model).get_job_position(job.job_id)
+            origin = self.redis.hget(Job.key_for(job.job_id), "origin")
+            if origin is None:
+                return None
+            name = origin.decode() if isinstance(origin, bytes) else origin
+            return self.jobs_ahead(job.model, name, job.job_id)
         except RedisError:
             return None
 
-    # -- waiting ---------------------------------------------------------------------------
-    def events(self, ticket: Ticket, client_gone: Callable[[], bool]) -> Iterator[Event | None]:
-        """The job's events until a terminal one; ``None`` each idle tick (for keep-alives).
+    def jobs_ahead(self, model: str, origin: str, job_id: str) -> int | None:
+        """Jobs that start before the queued job ``job_id`` of ``model``'s queue ``origin``; None if it
+        is not queued there (a worker took it).
 
-        Raises :class:`DeadlineExceeded` at the deadline (and cancels the job), and
-        :class:`ServiceUnavailable` if the job's worker died after the client saw part of the
-        result; before that, the job is requeued and the client notices nothing. A client that
-        went away cancels the job and ends the iteration.
+        Every job of the bands above its own, the jobs ahead of it in its lane, and from each other
+        lane of its band as many jobs as are ahead of it in its own, at most (slots take the lanes
+        of a band round robin). Lower bands never go first. One round trip.
         """
-        relayed = False
-        while True:
-            remaining = ticket.job.deadline - time.time()
-            if remaining <= 0:
-                self.cancel(ticket.job.job_id)
-                raise DeadlineExceeded("the request's deadline passed before the result was ready")
-            try:
-                event = ticket.inbox.get(timeout=min(_TICK_S, remaining))
-            except queue.Empty:
-                if client_gone():
-                    log.info("client of job %s went away; cancelling it", ticket.job.job_id)
-                    self.cancel(ticket.job.job_id)
-                    return
-                yield None
-                continue
-            if isinstance(event, WorkerLostEvent):
-                if not relayed and self._requeue(ticket.job):
-                    continue
-                raise ServiceUnavailable(
-                    "the worker running this request died; retry it", code="worker_lost", retry_after=1
-                )
-            relayed = True
-            yield event
-            if isinstance(event, DoneEvent | ErrorEvent):
-                return
+        place = keys.queue_place(model, origin)
+        if place is None:
+            return None
+        band, lane = place
+        names = keys.model_queue_names(model, _bands_up_to(band))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpos(keys.RQ_QUEUE_PREFIX + origin, job_id)
+        for name in names:
+            pipe.llen(keys.RQ_QUEUE_PREFIX + name)
+        position, *lengths = pipe.execute()
+        if position is None:
+            return None
+        own_band = lengths[-LANES_PER_BAND:]
+        above = sum(lengths[:-LANES_PER_BAND])
+        peers = sum(min(int(n), position) for i, n in enumerate(own_band) if i != lane)
+        return int(above) + int(position) + peers
 
-    def _requeue(self, job: AnyJob) -> bool:
+    # -- waiting ---------------------------------------------------------------------------
+    def requeue(self, job: AnyJob) -> bool:
         """Put a job whose worker died back at the front of its queue.
 
         Even with no live worker left: like any queued job it waits for one (a restarted worker,
@@ -230,21 +275,16 @@ class Dispatcher:
         try:
             if self.redis.exists(keys.cancel_key(job.job_id)):
                 return False
-            self.queue(job.model).failed_job_registry.requeue(job.job_id, at_front=True)
+            # The failed registry of the queue it was taken from (aging may have moved it up).
+            origin = self.redis.hget(Job.key_for(job.job_id), "origin")
+            name = origin.decode() if isinstance(origin, bytes) else origin
+            queue = self.named_queue(name) if name else self.queue(job.model, job.band, job.lane)
+            queue.failed_job_registry.requeue(job.job_id, at_front=True)
         except (RedisError, NoSuchJobError, InvalidJobOperation) as exc:
             log.warning("could not requeue job %s: %s", job.job_id, exc)
             return False
         log.info("requeued job %s after its worker died", job.job_id)
         return True
-
-    def result(self, ticket: Ticket, client_gone: Callable[[], bool]):
-        """Wait for the job's result (non-streaming); raises the job's error."""
-        for event in self.events(ticket, client_gone):
-            if isinstance(event, ErrorEvent):
-                raise event.to_error()
-            if isinstance(event, DoneEvent):
-                return self.done_result(event)
-        raise DeadlineExceeded("the client went away")
 
     def done_result(self, event: DoneEvent):
         """The result of a done job, from the event or, when it was too big, from Redis."""
@@ -255,26 +295,33 @@ class Dispatcher:
             raise InternalError("the job's result expired before it was read")
         return decode_result(json.loads(raw))
 
-    def close(self, ticket: Ticket) -> None:
-        self.router.unregister(ticket.job.job_id)
-
     # -- cancellation ----------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
-        """Remove the job if it is queued, stop it if it runs; safe to call on a finished job."""
+        """Remove the job if it is queued, stop it if it runs; safe to call on a finished job.
+
+        If Redis cannot be reached, the cancellation is sent again as soon as it can.
+        """
+        try:
+            self._cancel(job_id)
+        except RedisError as exc:
+            log.warning("could not cancel job %s (%s); retrying when Redis answers", job_id, exc)
+            self._unsent_cancels.add([job_id])
+
+    def _cancel(self, job_id: str) -> None:
+        """:meth:`cancel`, raising :class:`RedisError` when Redis cannot be reached."""
         try:
             self.redis.set(keys.cancel_key(job_id), 1, ex=keys.CANCEL_TTL_S)
             rq_job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
             status = rq_job.get_status()
             if status == JobStatus.QUEUED:
                 rq_job.cancel()
+                self.redis.expire(rq_job.key, self.retention_s)  # rq keeps a cancelled job's hash
                 # No worker will ever speak for this job: tell whoever waits for it (if anyone).
-                reply_to = (rq_job.kwargs.get("payload") or {}).get("reply_to")
+                reply_to = decode_job(rq_job.kwargs.get("payload")).reply_to
                 if reply_to:
                     error = Cancelled("the request was cancelled while it was queued")
                     self.redis.publish(reply_to, encode_event(ErrorEvent.from_error(job_id, error)))
             elif status == JobStatus.STARTED:
                 send_stop_job_command(self.redis, job_id, serializer=JSONSerializer)
-        except (NoSuchJobError, InvalidJobOperation):
+        except (NoSuchJobError, InvalidJobOperation, BadMessage):  # BadMessage: not a job of ours
             pass
-        except RedisError as exc:
-            log.warning("could not cancel job %s: %s", job_id, exc)

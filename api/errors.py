@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
+from shared.connection import PoolExhausted
 from shared.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -19,6 +20,40 @@ from shared.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Retry-After when this API process had no free Redis connection: a burst passes in about that.
+BUSY_RETRY_S = 1
+
+#: Retry-After when Redis cannot be reached: a restart or a failover takes about that.
+REDIS_RETRY_S = 2
+
+
+class RequestTimeout(ModelyardError):
+    """The request's body did not arrive in time (see :mod:`api.body_buffer`)."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class ServerBusy(ServiceUnavailable):
+    """This API process is overloaded (no Redis connection came free in time); Redis itself is up."""
+
+    default_code = "server_busy"
+
+
+class RedisUnavailable(ServiceUnavailable):
+    """Redis cannot be reached, or this process lost its reply subscription: retry in a moment."""
+
+    default_code = "redis_unavailable"
+
+    def __init__(self, message: str = "Redis is unreachable", *, retry_after: int = REDIS_RETRY_S) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+def busy(exc: PoolExhausted) -> ServerBusy:
+    """The client's answer to ``exc``: retry in a moment."""
+    return ServerBusy(f"the server is busy ({exc}); retry", retry_after=BUSY_RETRY_S)
 
 
 def error_response(error: ModelyardError):
@@ -55,12 +90,15 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException):
         return error_response(_from_http(exc))
 
+    @app.errorhandler(PoolExhausted)  # Flask picks the most specific class: this, not RedisError's
+    def _busy(exc: PoolExhausted):
+        log.warning("Redis pool exhausted: %s", exc)
+        return error_response(busy(exc))
+
     @app.errorhandler(RedisError)
     def _redis(exc: RedisError):
         log.warning("Redis error: %s", exc)
-        return error_response(
-            ServiceUnavailable("Redis is unreachable", code="redis_unavailable", retry_after=2)
-        )
+        return error_response(RedisUnavailable())
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -3,35 +3,87 @@
 rq notices an abandoned job only when its lease runs out (job timeout + 60 s for in-process
 workers). A worker's heartbeat key expires within ``heartbeat_ttl`` seconds of its death, so the
 janitor checks the started jobs of every model against the heartbeats of their workers.
+
+A missing key proves a death only if the worker had a heartbeat's time to write it: after Redis
+restarts (empty, or from a snapshot with stale keys and started jobs) live workers have no key
+until they beat again. So the janitor judges nobody until a heartbeat TTL has passed since Redis
+started (its ``uptime_in_seconds``, read with each look) and since the janitor's own last Redis
+error.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from redis import Redis, RedisError
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
 from shared import keys
+from shared.catalog import ModelCatalog
 from shared.events import WorkerLostEvent, encode_event
-from shared.models import ModelCatalog
+from shared.jobs import BadMessage, decode_job
+from shared.status import WorkerStatus
 
 log = logging.getLogger(__name__)
 
+#: Seconds a job may have been started before its worker's beat must list it: a beat taken as the
+#: job starts may not show it yet.
+_LISTED_WITHIN_S = 1.0
+
+
+def _runs(raw_status: bytes | None, job: Job) -> bool:
+    """Whether the job's worker is alive and, by its latest beat, still runs the job.
+
+    A live worker that does not list a job it started well before its beat has lost it: the
+    job came back from a Redis snapshot taken while it ran, and nothing would ever end it.
+    """
+    if raw_status is None:
+        return False
+    status = WorkerStatus.decode(raw_status)
+    if status is None or status.running is None:
+        return True  # a worker of another version: its key is all it tells
+    running, beat_at = status.running, status.beat_at
+    started = job.started_at.timestamp() if job.started_at else beat_at
+    return job.id in running or beat_at < started + _LISTED_WITHIN_S
+
+
+def _reply_to(job: Job) -> str | None:
+    """The channel of the API process that waits for the job; None for a job not of ours."""
+    try:
+        return decode_job(job.kwargs.get("payload")).reply_to
+    except BadMessage:
+        return None
+
 
 class Janitor:
-    """A daemon thread; one API process at a time sweeps (a short Redis lock), every ``interval``."""
+    """A daemon thread; one API process at a time sweeps (a short Redis lock), every ``interval``.
 
-    def __init__(self, redis: Redis, catalog: ModelCatalog, owner: str, interval: float = 1.0) -> None:
+    ``heartbeat_ttl`` is the workers' (``MODELYARD_HEARTBEAT_TTL``): how long a live worker may
+    go without a key after Redis came back.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        catalog: ModelCatalog,
+        owner: str,
+        interval: float = 1.0,
+        *,
+        heartbeat_ttl: float,
+    ) -> None:
         self._redis = redis
         self._catalog = catalog
         self._owner = owner
         self._interval = interval
+        self._heartbeat_ttl = heartbeat_ttl
+        #: ``time.monotonic()`` before which the janitor judges no worker dead.
+        self._judge_after = 0.0
+        self._run_id: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -47,15 +99,37 @@ class Janitor:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    @property
+    def judging(self) -> bool:
+        """Whether a missing heartbeat key now proves a worker dead (see the module's docstring)."""
+        return time.monotonic() >= self._judge_after
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if self._redis.set(
-                    keys.janitor_lock_key(), self._owner, nx=True, px=int(self._interval * 900)
-                ):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.info("server")
+                pipe.set(keys.janitor_lock_key(), self._owner, nx=True, px=int(self._interval * 900))
+                server, locked = pipe.execute()
+                self._note_server(server)
+                if locked and self.judging:
                     self.sweep()
             except RedisError as exc:
-                log.debug("janitor skipped a sweep: %s", exc)
+                self._distrust(exc)
+
+    def _note_server(self, server: dict) -> None:
+        """Wait until Redis has run a heartbeat TTL: live workers had the time to beat on it."""
+        run_id, uptime = server.get("run_id"), float(server.get("uptime_in_seconds", 0))
+        if self._run_id is not None and run_id != self._run_id:
+            log.warning("Redis restarted %.0fs ago; judging no worker for a heartbeat TTL", uptime)
+        self._run_id = run_id
+        self._judge_after = max(self._judge_after, time.monotonic() + self._heartbeat_ttl - uptime)
+
+    def _distrust(self, exc: RedisError) -> None:
+        """A failed look or sweep: whatever Redis went through, workers get a TTL to beat again."""
+        if self.judging:
+            log.info("janitor lost Redis (%s); judging no worker for a heartbeat TTL", exc)
+        self._judge_after = time.monotonic() + self._heartbeat_ttl
 
     def sweep(self) -> list[str]:
         """Fail every started job whose worker stopped beating and tell its API process; returns their ids."""
@@ -74,23 +148,22 @@ class Janitor:
         return lost
 
     def _sweep_registry(self, registry: StartedJobRegistry, entries: list[tuple[str, str]]) -> list[str]:
-        jobs: dict[str, Job] = {}
-        for job_id, _ in entries:
-            try:
-                jobs[job_id] = Job.fetch(job_id, connection=self._redis, serializer=JSONSerializer)
-            except NoSuchJobError:
-                continue
-        named = [
+        # One round trip for every job, one for every distinct worker (not one per job each).
+        ids = [job_id for job_id, _ in entries]
+        fetched = Job.fetch_many(ids, connection=self._redis, serializer=JSONSerializer)
+        # A job's worker process is the one its slot recorded as it started the job: never parsed
+        # out of a name. A job without the record is left to rq's lease (not a slot of ours).
+        jobs = {job.id: job for job in fetched if job is not None}
+        owners = {job_id: owner for job_id, job in jobs.items() if (owner := keys.job_worker_id(job.meta))}
+        if not owners:
+            return []
+        workers = sorted(set(owners.values()))
+        statuses = dict(zip(workers, self._redis.mget([keys.worker_key(w) for w in workers]), strict=True))
+        orphans = [
             (job_id, execution)
             for job_id, execution in entries
-            if jobs.get(job_id, None) is not None and jobs[job_id].worker_name
+            if job_id in owners and not _runs(statuses[owners[job_id]], jobs[job_id])
         ]
-        if not named:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for job_id, _ in named:
-            pipe.exists(keys.worker_key(keys.worker_id_of_slot(jobs[job_id].worker_name)))
-        orphans = [entry for entry, alive in zip(named, pipe.execute(), strict=True) if not alive]
         if not orphans:
             return []
         # Expire the orphans' leases now and let rq's own cleanup move them to its failed registry.
@@ -98,8 +171,8 @@ class Janitor:
         registry.cleanup(timestamp=2)
         pipe = self._redis.pipeline(transaction=False)
         for job_id, _ in orphans:
-            reply_to = (jobs[job_id].kwargs.get("payload") or {}).get("reply_to")
-            log.warning("job %s lost its worker %s", job_id, jobs[job_id].worker_name)
+            reply_to = _reply_to(jobs[job_id])
+            log.warning("job %s lost its worker %s (%s)", job_id, owners[job_id], jobs[job_id].worker_name)
             if reply_to:
                 pipe.publish(reply_to, encode_event(WorkerLostEvent(job_id=job_id)))
         pipe.execute()

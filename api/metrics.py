@@ -8,11 +8,10 @@ are the same whichever process answers.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from dataclasses import dataclass
 
 from flask import current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,7 +20,9 @@ from redis import Redis, RedisError
 from rq.utils import str_to_date
 
 from shared import keys
-from shared.models import ModelCatalog
+from shared.catalog import ModelCatalog
+from shared.priority import BANDS, LANES_PER_BAND
+from shared.status import ENGINE_STATS, MetricKind, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,47 +32,41 @@ EXTENSION = "modelyard.metrics"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-#: Engine ``stats()`` keys that only grow: exported as ``modelyard_worker_<key>_total``.
-ENGINE_COUNTERS = {
-    "tokens_generated": "Tokens generated",
-    "steps": "Decode steps (one forward pass of the running batch each)",
-    "prefills": "Prefill forward passes",
-    "batches": "Embedding/rerank batches run",
-    "forward_passes": "Embedding/rerank forward passes",
-    "inputs_done": "Embedding/rerank inputs processed",
-    "busy_ms": "Milliseconds the engine thread spent running batches or decode steps",
-    "jobs_done": "Jobs finished",
-    "jobs_failed": "Jobs that failed",
-    "jobs_cancelled": "Jobs cancelled (client gone, stop-job)",
-    "jobs_expired": "Jobs whose deadline passed",
-}
-#: Engine ``stats()`` keys that go up and down: exported as ``modelyard_worker_<key>``.
-ENGINE_GAUGES = {
-    "last_batch_size": "Sequences in the latest decode step",
-    "last_batch_jobs": "Jobs in the latest embedding/rerank batch",
-    "last_batch_inputs": "Inputs in the latest embedding/rerank batch",
-    "running": "Sequences decoding now",
-    "waiting": "Sequences waiting for a place in the decode batch",
-    "active": "Jobs submitted to the engine and not done",
-    "max_running_seen": "Most sequences decoded together so far",
-}
 
-# One round trip per scrape: for each model (KEYS: its rq queue list, its live-worker set), the queue
-# length, the enqueued_at of the oldest job still stored (ids of expired jobs linger in the list),
-# and the live worker ids; then the status of each distinct live worker.
+def engine_metric_fields() -> dict[str, tuple[MetricKind, str]]:
+    """Every engine counter of every engine kind: its metric kind and help text."""
+    fields: dict[str, tuple[MetricKind, str]] = {}
+    for model in ENGINE_STATS:
+        for name, metric in model.metric_fields().items():
+            if fields.setdefault(name, metric) != metric:
+                raise TypeError(f"engine counter {name!r} has two definitions: {fields[name]} and {metric}")
+    return fields
+
+
+#: The engine figures, each exported as ``modelyard_worker_<name>`` (``_total`` for counters).
+ENGINE_METRICS = engine_metric_fields()
+
+# One round trip per scrape: for each model (KEYS: its live-worker set, then its rq queue lists, band by
+# band, ARGV[4] of them), each queue's length and the enqueued_at of its oldest job still stored (ids
+# of expired jobs linger in a list), and the live worker ids; then the status of each distinct live worker.
 _SCRAPE_LUA = """
-local now, job_prefix, worker_prefix = ARGV[1], ARGV[2], ARGV[3]
+local now, job_prefix, worker_prefix, per_model = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local models, statuses, seen = {}, {}, {}
-for i = 1, #KEYS, 2 do
-  local depth = redis.call('LLEN', KEYS[i])
-  local oldest = false
-  if depth > 0 then
-    for _, id in ipairs(redis.call('LRANGE', KEYS[i], 0, 9)) do
-      oldest = redis.call('HGET', job_prefix .. id, 'enqueued_at')
-      if oldest then break end
+for m = 1, #KEYS, per_model + 1 do
+  local queues = {}
+  for i = m + 1, m + per_model do
+    local depth = redis.call('LLEN', KEYS[i])
+    local oldest = ''
+    if depth > 0 then
+      for _, id in ipairs(redis.call('LRANGE', KEYS[i], 0, 9)) do
+        local at = redis.call('HGET', job_prefix .. id, 'enqueued_at')
+        if at then oldest = at break end
+      end
     end
+    table.insert(queues, depth)
+    table.insert(queues, oldest)
   end
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[i + 1], now, '+inf')
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[m], now, '+inf')
   for _, id in ipairs(ids) do
     if not seen[id] then
       seen[id] = true
@@ -79,10 +74,29 @@ for i = 1, #KEYS, 2 do
       if status then table.insert(statuses, status) end
     end
   end
-  table.insert(models, {depth, oldest, #ids})
+  table.insert(models, {#ids, queues})
 end
 return {models, statuses}
 """
+
+
+def _age(enqueued_at: bytes | str, now: float) -> float:
+    """Seconds since rq's ``enqueued_at`` text (empty: no job, 0)."""
+    if not enqueued_at:
+        return 0.0
+    try:
+        return max(0.0, now - str_to_date(enqueued_at).timestamp())
+    except ValueError:
+        return 0.0
+
+
+@dataclass
+class ModelQueues:
+    """What a scrape read of one model: live workers, and per band the jobs queued and the oldest's age."""
+
+    name: str
+    live: int
+    bands: dict[str, tuple[int, float]]
 
 
 class FleetCollector:
@@ -109,97 +123,98 @@ class FleetCollector:
         yield from self._queue_metrics(models)
         yield from self._worker_metrics(statuses)
 
-    def _read(self) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    def _read(self) -> tuple[list[ModelQueues], list[WorkerStatus]]:
         names = [spec.name for spec in self._catalog]
+        per_model = len(BANDS) * LANES_PER_BAND
         script_keys = []
         for name in names:
-            script_keys += [keys.rq_queue_key(name), keys.model_workers_key(name)]
+            script_keys.append(keys.model_workers_key(name))
+            script_keys += [keys.RQ_QUEUE_PREFIX + q for q in keys.model_queue_names(name)]
         models, raw_statuses = self._script(
-            keys=script_keys, args=[time.time(), keys.RQ_JOB_PREFIX, keys.worker_key("")]
+            keys=script_keys, args=[time.time(), keys.RQ_JOB_PREFIX, keys.worker_key(""), per_model]
         )
         statuses = []
         for raw in raw_statuses:
-            try:
-                statuses.append(json.loads(raw))
-            except ValueError:
-                log.warning("metrics: skipping a worker status that is not JSON")
-        return [[name, *row] for name, row in zip(names, models, strict=True)], statuses
+            status = WorkerStatus.decode(raw)
+            if status is None:
+                log.warning("metrics: skipping a worker status that is not a WorkerStatus")
+            else:
+                statuses.append(status)
+        now = time.time()
+        read = []
+        for name, (live, queues) in zip(names, models, strict=True):
+            bands: dict[str, list[float]] = {band: [0, 0.0] for band in BANDS}
+            for index in range(per_model):
+                band = BANDS[index // LANES_PER_BAND]
+                depth, oldest = int(queues[2 * index]), queues[2 * index + 1]
+                bands[band][0] += depth
+                bands[band][1] = max(bands[band][1], _age(oldest, now))
+            read.append(ModelQueues(name, int(live), {b: (int(d), a) for b, (d, a) in bands.items()}))
+        return read, statuses
 
     @staticmethod
-    def _queue_metrics(models: list[list[Any]]) -> Iterator[Metric]:
+    def _queue_metrics(models: list[ModelQueues]) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
-            "modelyard_queue_depth", "Jobs waiting in the model's queue", labels=["model"]
+            "modelyard_queue_depth", "Jobs waiting in the model's queues (every band)", labels=["model"]
         )
         age = GaugeMetricFamily(
             "modelyard_queue_oldest_job_age_seconds",
-            "Age of the oldest job waiting in the model's queue (0 when empty)",
+            "Age of the oldest job waiting in the model's queues (0 when empty)",
             labels=["model"],
+        )
+        band_depth = GaugeMetricFamily(
+            "modelyard_band_queue_depth",
+            "Jobs waiting in one priority band of the model (all its lanes; docs/scheduling.md)",
+            labels=["model", "band"],
+        )
+        band_age = GaugeMetricFamily(
+            "modelyard_band_oldest_job_age_seconds",
+            "Age of the oldest job waiting in one priority band of the model (0 when empty)",
+            labels=["model", "band"],
         )
         workers = GaugeMetricFamily(
             "modelyard_model_workers",
             "Worker processes with a live heartbeat serving the model",
             labels=["model"],
         )
-        now = time.time()
-        for name, queued, oldest, live in models:
-            depth.add_metric([name], int(queued))
-            seconds = 0.0
-            if oldest:
-                try:
-                    seconds = max(0.0, now - str_to_date(oldest).timestamp())
-                except ValueError:
-                    pass
-            age.add_metric([name], seconds)
-            workers.add_metric([name], int(live))
-        yield from (depth, age, workers)
+        for model in models:
+            depth.add_metric([model.name], sum(d for d, _ in model.bands.values()))
+            age.add_metric([model.name], max(a for _, a in model.bands.values()))
+            for band, (queued, oldest) in model.bands.items():
+                band_depth.add_metric([model.name, band], queued)
+                band_age.add_metric([model.name, band], oldest)
+            workers.add_metric([model.name], model.live)
+        yield from (depth, age, band_depth, band_age, workers)
 
     @staticmethod
-    def _worker_metrics(statuses: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _worker_metrics(statuses: list[WorkerStatus]) -> Iterator[Metric]:
         slots = GaugeMetricFamily(
             "modelyard_worker_slots", "rq slots of a worker process for a model", labels=["model", "worker"]
         )
         busy = GaugeMetricFamily(
             "modelyard_worker_busy_slots", "Jobs a worker process is running now", labels=["worker"]
         )
-        counters = {
-            key: CounterMetricFamily(
-                f"modelyard_worker_{key}",
+        family = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+        engine = {
+            name: family[kind](
+                f"modelyard_worker_{name}",
                 f"{text} (per worker process and model)",
                 labels=["model", "worker"],
             )
-            for key, text in ENGINE_COUNTERS.items()
-        }
-        gauges = {
-            key: GaugeMetricFamily(
-                f"modelyard_worker_{key}",
-                f"{text} (per worker process and model)",
-                labels=["model", "worker"],
-            )
-            for key, text in ENGINE_GAUGES.items()
+            for name, (kind, text) in ENGINE_METRICS.items()
         }
         for status in statuses:
-            worker = str(status.get("id", "?"))
-            per_model = status.get("slots")
-            if isinstance(per_model, int | float):  # older workers: one number for the process
-                per_model = {"": per_model}
-            for model, count in (per_model or {}).items():
-                if isinstance(count, int | float):
-                    slots.add_metric([model, worker], count)
-            if isinstance(status.get("busy"), int | float):
-                busy.add_metric([worker], status["busy"])
-            for model, stats in (status.get("engines") or {}).items():
-                for key, value in (stats or {}).items():
-                    if not isinstance(value, int | float):
-                        continue
-                    if key in counters:
-                        counters[key].add_metric([model, worker], value)
-                    elif key in gauges:
-                        gauges[key].add_metric([model, worker], value)
+            for model, count in status.slots.items():
+                slots.add_metric([model, status.id], count)
+            busy.add_metric([status.id], status.busy)
+            for model, stats in status.engines.items():
+                for name in type(stats).metric_fields():
+                    engine[name].add_metric([model, status.id], getattr(stats, name))
         yield slots
         yield busy
-        for family in (*counters.values(), *gauges.values()):
-            if family.samples:
-                yield family
+        for metric in engine.values():
+            if metric.samples:
+                yield metric
 
 
 class ApiMetrics:

@@ -1,9 +1,9 @@
 """What the API records about each request: one log line and the request metrics.
 
-A :class:`RequestRecord` starts with the request (or with each WebSocket message); the dispatcher
-fills in what only the job's events know (job id, model, time to first token, queue wait, run time,
-tokens); the record is finished when the response is closed, so a stream counts once its last chunk
-went out.
+A :class:`RequestRecord` starts with the request (or with each WebSocket message) and travels in
+its :class:`~api.middleware.RequestContext`; the dispatcher's :class:`RecordMiddleware` fills in what
+only the job's events know (job id, model, time to first token, queue wait, run time, tokens); the
+record is finished when the response is closed, so a stream counts once its last chunk went out.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 
-from api.dispatch import Dispatcher, Ticket
 from api.metrics import EXTENSION, ApiMetrics
+from api.middleware import DispatchMiddleware, Outcome, RequestContext
 from api.routes.prefixes import ALIASES, HOME
-from shared.events import DeltaEvent, DoneEvent, ErrorEvent
+from shared.errors import ModelyardError
+from shared.events import AnyEvent, DeltaEvent, DoneEvent, ErrorEvent
+from shared.jobs import AnyJob
 
 log = logging.getLogger("api.requests")
 
@@ -30,7 +32,7 @@ _QUIET_PREFIXES = ("/health", "/metrics")
 
 @dataclass
 class RequestRecord:
-    """One request's figures; the dispatcher fills in its job's."""
+    """One request's figures; :class:`RecordMiddleware` fills in its job's."""
 
     method: str
     path: str
@@ -124,51 +126,19 @@ def current() -> RequestRecord | None:
     return g.get(_RECORD) if has_app_context() else None
 
 
-class MeteredDispatcher(Dispatcher):
-    """The dispatcher, noting what each job's events tell into its request's record."""
+class RecordMiddleware(DispatchMiddleware):
+    """Notes what a job tells into its request's record: the log line's fields and the metrics."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._records: dict[str, RequestRecord] = {}
-
-    def resolve(self, name: str, *args: Any, **kwargs: Any):
-        record = current()
-        spec = self.catalog.resolve(name)
-        if record is not None and spec is not None:
-            record.model = spec.name  # a configured model only: labels stay bounded
-        return super().resolve(name, *args, **kwargs)
-
-    def submit(self, job, *args: Any, **kwargs: Any):
-        record = current()
+    def before_submit(self, job: AnyJob, context: RequestContext) -> None:
+        record = context.record
         if record is not None:
             record.job_id, record.model = job.job_id, job.model
             record.stream = bool(getattr(job, "stream", False))
-        ticket = super().submit(job, *args, **kwargs)
-        if record is not None:  # events are read only after submit returns; close() forgets it
-            self._records[job.job_id] = record
-        return ticket
 
-    def events(self, ticket: Ticket, *args: Any, **kwargs: Any):
-        record = self._records.get(ticket.job.job_id)
-        for event in super().events(ticket, *args, **kwargs):
-            if record is not None and event is not None:
-                self._note(record, event)
-            yield event
-
-    def done_result(self, event: DoneEvent):
-        result = super().done_result(event)
-        record = self._records.get(event.job_id)
-        if record is not None:
-            record.prompt_tokens = result.usage.prompt_tokens
-            record.completion_tokens = result.usage.completion_tokens
-        return result
-
-    def close(self, ticket: Ticket) -> None:
-        self._records.pop(ticket.job.job_id, None)
-        super().close(ticket)
-
-    @staticmethod
-    def _note(record: RequestRecord, event: Any) -> None:
+    def on_event(self, job: AnyJob, context: RequestContext, event: AnyEvent) -> None:
+        record = context.record
+        if record is None:
+            return
         if isinstance(event, DeltaEvent):
             if record.first_token_s is None and record.stream:
                 record.first_token_s = time.monotonic() - record.started
@@ -179,6 +149,14 @@ class MeteredDispatcher(Dispatcher):
                 record.metrics.queue_wait.labels(record.model).observe(event.queued_s)
             if isinstance(event, ErrorEvent):
                 record.error = event.code or event.error_type
+
+    def after_result(self, job: AnyJob, context: RequestContext, outcome: Outcome) -> None:
+        record = context.record
+        if record is None or isinstance(outcome, ModelyardError):
+            return
+        record.job_id = job.job_id  # a coalesced job's, for each request it served
+        record.prompt_tokens = outcome.usage.prompt_tokens
+        record.completion_tokens = outcome.usage.completion_tokens
 
 
 def install(app: Flask, metrics: ApiMetrics) -> None:

@@ -1,8 +1,10 @@
 """Per-client request and token rate limits, counted in Redis so every API process shares them.
 
-Fixed one-minute windows: cheap (two commands per request) and good enough to stop one client
-from starving the others. Tokens are counted by the worker when a job ends (it knows the usage),
-into the same window key.
+Fixed one-minute windows: cheap (one round trip per request) and good enough to stop one client
+from starving the others. A request is counted as it is admitted (:meth:`RateLimiter.admit`); its
+tokens when its job's result reaches it, by the limiter as dispatcher middleware (one more round
+trip, only when a token limit is set), before the client sees the result: its next request is
+judged with them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 from flask import request
 from redis import Redis
 
+from api.middleware import DispatchMiddleware, Outcome, RequestContext
 from shared import keys
-from shared.errors import RateLimited
+from shared.errors import ModelyardError, RateLimited
+from shared.jobs import AnyJob
 
 
 def subject_of_request() -> str:
@@ -29,8 +33,9 @@ def subject_of_request() -> str:
     return hashlib.sha256(who.encode()).hexdigest()[:20]
 
 
-class RateLimiter:
-    """Checks a request against the per-minute limits; no limits configured means no Redis calls."""
+class RateLimiter(DispatchMiddleware):
+    """Checks a request against the per-minute limits and charges its tokens; no limits configured
+    means no Redis calls."""
 
     def __init__(self, redis: Redis, rpm: int | None, tpm: int | None) -> None:
         self._redis = redis
@@ -59,3 +64,13 @@ class RateLimiter:
             raise RateLimited(
                 f"rate limit: {self.tpm} tokens per minute", code="tokens_exceeded", retry_after=retry_after
             )
+
+    def after_result(self, job: AnyJob, context: RequestContext, outcome: Outcome) -> None:
+        """Charge the tokens of a request's result to its client's window."""
+        if self.tpm is None or context.rate_subject is None or isinstance(outcome, ModelyardError):
+            return
+        tokens = keys.rate_key(context.rate_subject, "tokens", time.time())
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incrby(tokens, outcome.usage.total_tokens)
+        pipe.expire(tokens, 2 * keys.RATE_WINDOW_S)
+        pipe.execute()

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from flask import current_app
 from redis import Redis
 
+from api.aging import Ager
 from api.coalesce import EmbedCoalescer
 from api.dispatch import Dispatcher
 from api.janitor import Janitor
 from api.ratelimit import RateLimiter
-from api.replies import ReplyRouter
+from api.reply_router import ReplyRouter
+from shared.catalog import ModelCatalog
 from shared.config import Settings
-from shared.models import ModelCatalog
 
 EXTENSION = "modelyard"
 
@@ -28,10 +29,14 @@ class Services:
     coalescer: EmbedCoalescer
     janitor: Janitor
     limiter: RateLimiter
+    #: Moves long-waiting jobs up a band (None: ``priority_aging_s`` unset, no aging).
+    ager: Ager | None = None
 
     def close(self) -> None:
         """Stop the background threads (tests build many apps in one process)."""
         self.janitor.stop()
+        if self.ager is not None:
+            self.ager.stop()
         self.router.stop()
 
 

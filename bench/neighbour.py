@@ -16,16 +16,12 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
+from workload import EMBED_MODEL, SENTENCES  # bench/, the script's folder
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench_serving import EMBED_MODEL, SENTENCES  # noqa: E402
-
-from shared.models import ModelCatalog  # noqa: E402
+from harness import REPO
+from shared.catalog import ModelCatalog
 
 _SPIN = """
 import sys, time
@@ -57,7 +53,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from workers.models.embedding import Embedder
+    from workers.backends.embedding import Embedder
 
     spec = ModelCatalog.load(REPO / "models.yaml").resolve(EMBED_MODEL)
     assert spec is not None

@@ -9,7 +9,7 @@ MODEL is an ``embedding`` entry of the models file whose ``source`` is ``sleep:<
 The API routes ``/v1/embeddings`` for it as for any embedding model. Everything but the model is the
 project's own worker, unchanged: ``workers.main.main`` (rq slot threads of ``workers.slot.SlotWorker``,
 ``workers.runtime``, ``workers.heartbeat``, ``workers.publisher``, SIGTERM drain); only the engine
-that ``workers.main`` loads is swapped for :class:`SleepEngine`, whose batch sleeps ``<ms>`` and
+loader it is given makes a :class:`SleepEngine` for ``sleep:`` models, whose batch sleeps ``<ms>`` and
 returns a constant vector per input (the batching, cancel and deadline handling are
 ``workers.engines.pooling.PoolingEngine``'s). With ``max_batch_size: 1`` each job is one batch, so a worker
 process completes at most ``1000 / ms`` jobs per second and N processes ideally N times that.
@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from shared.jobs import EmbedJob, EmbedResult  # noqa: E402
-from shared.models import ModelSpec  # noqa: E402
-from workers import main as worker_main  # noqa: E402
-from workers.engines.base import Engine, EventSink  # noqa: E402
-from workers.engines.pooling import PoolingEngine, usage_of  # noqa: E402
-from workers.loaders import load_engine as load_real_engine  # noqa: E402
+from shared.catalog import ModelSpec
+from shared.jobs import EmbedJob, EmbedResult
+from workers import main as worker_main
+from workers.engines.base import Engine, EventSink
+from workers.engines.pooling import PoolingEngine, usage_of
+from workers.loaders import load_engine as load_real_engine
 
 SOURCE_PREFIX = "sleep:"
 #: Length of the constant vectors a sleep model returns.
@@ -67,6 +63,4 @@ def load_engine(spec: ModelSpec, sink: EventSink) -> Engine:
 
 
 if __name__ == "__main__":
-    # workers.main looks load_engine up as a module global when it loads the models.
-    worker_main.load_engine = load_engine
-    sys.exit(worker_main.main())
+    sys.exit(worker_main.main(load_engine=load_engine))

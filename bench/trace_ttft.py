@@ -5,16 +5,17 @@
     .venv/bin/python bench/trace_ttft.py --embeddings    # one-sentence embedding requests instead
 
 A script, not a test. It starts its own redis-server, one ``bin/worker``-equivalent process and
-gunicorn serving ``api.app`` (as ``bin/api`` does) on free ports of 127.0.0.1, each wrapped so that
-a few functions on the request's path write a wall-clock mark to one shared file; nothing else in
-them changes. Then it sends streamed chat requests one at a time (``max_tokens`` 64, ``ignore_eos``)
-and prints, as JSON lines, the median time from the client's send to each mark: the HTTP request
-reaching Flask, validation, admission with the rq enqueue, the worker's dequeue, rq's bookkeeping,
-the job function, the prefill, the PUBLISH, the API's router and the first SSE frames, and the
-client holding the first content chunk. All processes share one clock (one machine). With
-``--embeddings`` the requests are one-sentence embeddings (all-MiniLM-L6-v2, base64), timed to the
-whole response, with marks on the embedding engine's batch, the PUBLISH of the result and the API's
-response instead.
+gunicorn serving ``api.app`` (as ``bin/api`` does) on free ports of 127.0.0.1, each given probes
+that write a wall-clock mark to one shared file as a request passes (the API: a dispatcher
+middleware; the worker: its job hooks, and wrappers where rq and the engines have no seam); nothing
+else in them changes. Then it sends streamed chat requests one at a time (``max_tokens`` 64,
+``ignore_eos``) and prints, as JSON lines, the median time from the client's send to each mark: the
+HTTP request reaching Flask, validation, admission with the rq enqueue, the worker's dequeue, rq's
+bookkeeping, the job function, the prefill, the PUBLISH, the API's request thread taking the first
+token event, and the client holding the first content chunk. All processes share one clock (one
+machine). With ``--embeddings`` the requests are one-sentence embeddings (all-MiniLM-L6-v2,
+base64), timed to the whole response, with marks on the embedding engine's batch, the PUBLISH of
+the result and the API taking it instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +32,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import requests
+
+from harness import (
+    REPO,
+    LoggedProcess,
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    live_models,
+    stop_processes,
+    wait_until,
+)
 
 MODEL = "tiny-chat"
 EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -70,37 +80,57 @@ def _trace(owner: Any, name: str, label: str, entry: bool = False) -> None:
 
 
 def traced_app():
-    """``api.app.create_app()`` with marks on admission, enqueue, the reply router and the SSE frames."""
-    from api import dispatch, replies, responses
+    """``api.app.create_app()`` with marks from a dispatcher middleware: the job built, enqueued, its
+    first token event and its done event taken by the request's thread, its result."""
     from api.app import create_app
-    from api.routes import generation
+    from api.middleware import DispatchMiddleware
+    from shared.events import DeltaEvent, DoneEvent
 
-    _trace(dispatch.Dispatcher, "resolve", "api validated, model resolved")
-    _trace(responses, "embeddings", "api built the embeddings response")
-    _trace(dispatch.Dispatcher, "submit", "api admitted and enqueued (one MULTI)")
-    _trace(replies.ReplyRouter, "_route", "api router got the event")
-    frames = generation.Stream.frames
+    class TraceMiddleware(DispatchMiddleware):
+        def before_submit(self, job, context) -> None:
+            _mark("api validated, model resolved, job built")
 
-    def traced_frames(self):
-        for i, frame in enumerate(frames(self)):
-            if i < 2:
-                _mark("api yielded the role frame" if i == 0 else "api yielded the first text frame")
-            yield frame
+        def after_submit(self, job, context) -> None:
+            _mark("api admitted and enqueued (one MULTI)")
 
-    generation.Stream.frames = traced_frames
-    app = create_app()
+        def on_event(self, job, context, event) -> None:
+            if isinstance(event, DeltaEvent) and event.seq == 0:
+                _mark("api request took the first token event")
+            elif isinstance(event, DoneEvent):
+                _mark("api request took the done event")
+
+        def after_result(self, job, context, outcome) -> None:
+            _mark("api has the job's result")
+
+    app = create_app(middleware=[TraceMiddleware()])
     app.before_request_funcs.setdefault(None, []).insert(0, lambda: _mark("api request reached Flask"))
     return app
 
 
 def run_traced_worker(model: str) -> int:
-    """``bin/worker MODEL`` with marks on the dequeue, rq's bookkeeping, the job and the engine."""
+    """``bin/worker MODEL`` with marks on the dequeue, rq's bookkeeping, the job and the engine.
+
+    The job's own steps are marked by :class:`TraceHooks`, the worker's job hooks; rq's internals
+    and the engines' inner steps have no seam, and are wrapped.
+    """
     from rq.queue import Queue
     from rq.worker.base import BaseWorker
 
     from workers import main as worker_main
-    from workers import publisher, tasks
+    from workers import publisher
     from workers.engines import generation, pooling
+    from workers.runtime import JobHooks
+
+    class TraceHooks(JobHooks):
+        def job_started(self, job) -> None:
+            _mark("worker job function entered (job decoded)")
+
+        def job_submitted(self, job) -> None:
+            _mark("worker job tokenized and submitted")
+
+        def job_ended(self, job, error) -> None:
+            if error is None:
+                _mark("worker published the result")
 
     dequeue = Queue.dequeue_any.__func__
 
@@ -113,19 +143,10 @@ def run_traced_worker(model: str) -> int:
     Queue.dequeue_any = classmethod(traced_dequeue)
     _trace(BaseWorker, "prepare_execution", "worker rq prepare_execution")
     _trace(BaseWorker, "prepare_job_execution", "worker rq prepare_job_execution")
-    run_job = tasks.run_job
-
-    def traced_run_job(payload):
-        _mark("worker job function entered")
-        return run_job(payload)
-
-    tasks.run_job = traced_run_job  # rq imports the function by name at each job
-    _trace(generation.GenerationEngine, "submit", "worker job tokenized and submitted")
     _trace(generation.GenerationEngine, "_admit", "engine prefill + first sample", entry=True)
     _trace(publisher.RedisEventSink, "publish", "engine published the first token")
     _trace(pooling.PoolingEngine, "_run_batch", "engine embedding batch", entry=True)
-    _trace(publisher.RedisEventSink, "publish_done", "worker published the result")
-    return worker_main.main([model])
+    return worker_main.main([model], hooks=TraceHooks())
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -197,10 +218,6 @@ def main() -> int:
     if args.worker:
         return run_traced_worker(args.worker)
 
-    import requests
-
-    from tests.support import RedisServer, free_port, stop_process, wait_until
-
     folder = Path(tempfile.mkdtemp(prefix="modelyard-trace-"))
     marks_file = folder / "marks.log"
     models_file = folder / "models.yaml"
@@ -223,26 +240,26 @@ def main() -> int:
         "HF_HUB_OFFLINE": "1",
         MARKS_ENV: str(marks_file),
     }
+    print(f"logs in {folder}", file=sys.stderr)
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--worker", model], env=env, cwd=REPO),
-        subprocess.Popen(
+        WorkerProcess(env, [model], folder / "worker.log", program=(sys.executable, __file__, "--worker")),
+        LoggedProcess(
             [
                 *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "64"),
                 *("--bind", f"127.0.0.1:{port}", "--pythonpath", str(REPO / "bench")),
                 "trace_ttft:traced_app()",
             ],
-            env=env,
-            cwd=REPO,
+            env,
+            folder / "api.log",
         ),
     ]
     url = f"http://127.0.0.1:{port}"
     try:
 
         def ready() -> bool:
-            try:
-                return requests.get(url + "/health", timeout=1).json()["models"][model]
-            except (requests.RequestException, ValueError, KeyError):
-                return False
+            for proc in procs:
+                proc.check_running()
+            return bool(live_models(url).get(model))
 
         wait_until(ready, 180, "the traced API and worker")
         session = requests.Session()
@@ -252,8 +269,9 @@ def main() -> int:
         sent = [send(session, url, k) for k in range(args.requests)]
         stages = timeline(sent, marks_file, last)
     finally:
+        stop_processes(proc.proc for proc in procs)
         for proc in procs:
-            stop_process(proc)
+            proc.stop()  # closes its log
         redis_server.stop()
     print(
         json.dumps(

@@ -5,16 +5,28 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+)
 
 ENV_PREFIX = "MODELYARD_"
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.yaml"
 
+#: A deployment's namespace in Redis: letters, digits, ``_ . -`` (no ``:``, the keys' separator).
+KeyPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
 
 class Settings(BaseModel):
-    """Everything configurable; see the README's settings table."""
+    """Everything configurable; docs/settings.md lists each one."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -28,13 +40,45 @@ class Settings(BaseModel):
     heartbeat_ttl: PositiveInt = 10
     #: Largest request body the API reads, in bytes.
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    #: Seconds a client has, from the start of its request, to send the whole body; then 408.
+    body_timeout: PositiveFloat = 20.0
+    #: Redis connections one API process opens for its requests (its reply subscription has its
+    #: own); past that a request waits for a free one, up to ``redis_pool_timeout``.
+    redis_max_connections: PositiveInt = 64
+    #: Seconds a request waits for a free Redis connection; then 503 ``server_busy`` (Redis is up).
+    redis_pool_timeout: PositiveFloat = 5.0
     #: Requests per minute one API key (or, without keys, one client address) may make; unset: no limit.
     rate_limit_rpm: PositiveInt | None = None
     #: Tokens (prompt + completion) per minute one API key or address may use; unset: no limit.
     rate_limit_tpm: PositiveInt | None = None
+    #: Seconds Redis keeps a job that ended (finished, failed, stopped or cancelled), and with it the
+    #: client's prompt and output: rq's job hash and result, a large result parked for the API.
+    #: Long enough for a requeue after a worker's death and a look at rq-dashboard; no longer.
+    job_retention_s: PositiveInt = 60
+    #: Seconds a stored response (``store``, the Responses API's default) keeps its input and output
+    #: items in Redis, for ``GET /v1/responses/{id}`` and ``previous_response_id`` (docs/responses.md).
+    response_ttl_s: PositiveInt = 86400
+    #: API keys that may ask for the high band (``priority`` below 0, ``service_tier: priority``, the
+    #: ``X-Priority`` header); ``*`` lets every client. Others asking are served in the normal band
+    #: (clamped, not refused: docs/scheduling.md). Empty: nobody jumps the queue.
+    priority_high_keys: tuple[str, ...] = ()
+    #: Slots per model of each worker process that take high-band jobs only, on top of its
+    #: ``max_batch_size`` slots: a high request never waits behind a full batch of low ones.
+    priority_reserved_slots: NonNegativeInt = 1
+    #: Seconds a queued job waits in its band before it moves up one (to the front of the next
+    #: band's lane), so that no band starves; unset: no aging.
+    priority_aging_s: PositiveFloat | None = 30.0
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object per line), for the API and the workers.
     log_format: Literal["text", "json"] = "text"
+    #: Namespace of every Redis key and rq queue name of this deployment: deployments with
+    #: different prefixes share one Redis without seeing each other's jobs or workers. Process-wide:
+    #: ``shared.keys`` reads it from the environment as it is imported (:func:`key_prefix_from_env`).
+    key_prefix: KeyPrefix = "modelyard"
+    #: rq-dashboard's login (its own HTTP basic auth). Without a password it refuses to listen on
+    #: any address but loopback (``dashboard/``).
+    dashboard_username: str = "admin"
+    dashboard_password: SecretStr | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -48,9 +92,21 @@ class Settings(BaseModel):
             raw = env.get(ENV_PREFIX + field.upper())
             if field == "redis_url" or raw is None or raw == "":
                 continue
-            if field == "api_keys":
+            if field in ("api_keys", "priority_high_keys"):
                 values[field] = tuple(k.strip() for k in raw.split(",") if k.strip())
             else:
                 values[field] = raw
         values.update(overrides)
         return cls.model_validate(values)
+
+
+def key_prefix_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """``Settings.key_prefix`` from ``MODELYARD_KEY_PREFIX`` alone (no other variable is read)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_PREFIX + "KEY_PREFIX") or None
+    try:
+        return Settings.model_validate({} if raw is None else {"key_prefix": raw}).key_prefix
+    except ValidationError as exc:
+        raise ValueError(
+            f"{ENV_PREFIX}KEY_PREFIX={raw!r}: letters, digits, '_', '.' or '-', at most 64, no ':'"
+        ) from exc

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import ModelyardError, error_for_status
 from shared.jobs import BadMessage, EmbedResult, FinishReason, GenerateResult, RerankResult, TokenLogprob
+from shared.tools import ToolCallDelta
 
 
 class _Event(BaseModel):
@@ -30,6 +31,8 @@ class ChoiceDelta(BaseModel):
     finish_reason: FinishReason | None = None
     #: Logprobs of the tokens generated in this step (their text may be held back for a later delta).
     logprobs: list[TokenLogprob] | None = None
+    #: Fragments of the choice's tool calls.
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class DeltaEvent(_Event):

@@ -5,25 +5,62 @@ Nothing in ``api/`` or ``workers/`` builds a key string inline; it calls a funct
 
 from __future__ import annotations
 
-#: Namespace of every key modelyard owns (rq keeps its own ``rq:`` namespace).
-PREFIX = "modelyard"
+from shared.config import key_prefix_from_env
+from shared.priority import BANDS, DEFAULT_BAND, LANES_PER_BAND, Band
+
+#: This deployment's namespace (``MODELYARD_KEY_PREFIX``, default ``modelyard``): every key and
+#: channel below starts with it, and so does every rq queue name (rq keeps its own ``rq:`` keys).
+#: Read once per process, from the environment, so that every process and tool of a deployment
+#: (API, workers, benchmarks, the tests' harness) agrees on it without being told.
+PREFIX = key_prefix_from_env()
 
 #: Dotted path of the only function a worker will run for an rq job.
 JOB_FUNCTION = "workers.tasks.run_job"
 
-#: Seconds a finished job's rq result is kept (the API reads it if a pub/sub event was too big).
-RESULT_TTL_S = 300
-
-#: Seconds a failed job stays in rq's failed registry (rq's default is a year).
-FAILURE_TTL_S = 24 * 3600
+# How long an ended job and its data stay in Redis is a setting, not a constant here:
+# ``Settings.job_retention_s`` (rq keeps a finished job 500 s and a failed one a year by default).
 
 #: Seconds a cancel marker lives; longer than any deadline a client can ask for.
 CANCEL_TTL_S = 3600
 
 
-def queue_name(model: str) -> str:
-    """rq queue that holds the jobs of ``model`` (rq stores it under ``rq:queue:<name>``)."""
-    return model
+def queue_name(model: str, band: Band = DEFAULT_BAND, lane: int = 0) -> str:
+    """rq queue that holds the jobs of ``model`` in one band and lane (docs/scheduling.md):
+    ``<prefix>:<model>`` for the normal band's lane 0 (the name it had before there were bands),
+    ``<prefix>:<model>:<band>-<lane>`` for the others. rq stores it under ``rq:queue:<name>``; the
+    prefix keeps another deployment or rq application from sharing it."""
+    if band == DEFAULT_BAND and lane == 0:
+        return f"{PREFIX}:{model}"
+    return f"{PREFIX}:{model}:{band}-{lane}"
+
+
+def band_queue_names(model: str, band: Band) -> list[str]:
+    """The queues of one band of ``model``, lane 0 first."""
+    return [queue_name(model, band, lane) for lane in range(LANES_PER_BAND)]
+
+
+def model_queue_names(model: str, bands: tuple[Band, ...] = BANDS) -> list[str]:
+    """Every queue of ``model`` (of ``bands``), most urgent band first, each band's lanes in order."""
+    return [name for band in bands for name in band_queue_names(model, band)]
+
+
+def queue_place(model: str, name: str) -> tuple[Band, int] | None:
+    """The band and lane of ``model``'s queue ``name``; None for a name that is not one of them."""
+    for band in BANDS:
+        for lane in range(LANES_PER_BAND):
+            if queue_name(model, band, lane) == name:
+                return band, lane
+    return None
+
+
+#: Field of a queued job's rq hash: when it entered its present band (``utcformat``), written as
+#: aging moves it up; before that its ``enqueued_at`` tells (api/aging.py).
+BAND_SINCE_FIELD = "modelyard_band_since"
+
+
+def aging_lock_key() -> str:
+    """Held for one sweep by the API process that moves long-waiting jobs up a band."""
+    return f"{PREFIX}:aging"
 
 
 def worker_key(worker_id: str) -> str:
@@ -36,9 +73,15 @@ def model_workers_key(model: str) -> str:
     return f"{PREFIX}:model-workers:{model}"
 
 
-def reply_channel(api_instance: str) -> str:
-    """Pub/sub channel one API process listens on for the events of every job it enqueued."""
-    return f"{PREFIX}:reply:{api_instance}"
+def reply_channel(api_instance: str, session: int) -> str:
+    """Pub/sub channel one API process listens on for the events of every job it enqueued.
+
+    One per subscription session: a process that loses its subscription fails the requests waiting
+    on it and subscribes a new channel, so a channel has a subscriber exactly while someone waits
+    for its jobs. Workers read that (``PUBSUB NUMSUB``, never persisted) as the proof that a job
+    is still awaited.
+    """
+    return f"{PREFIX}:reply:{api_instance}:{session}"
 
 
 def cancel_key(job_id: str) -> str:
@@ -46,8 +89,20 @@ def cancel_key(job_id: str) -> str:
     return f"{PREFIX}:cancel:{job_id}"
 
 
+def skipped_jobs_key() -> str:
+    """Hash of jobs workers took off a queue and did not run, by ``<model>:<reason>``
+    (``cancelled``, ``expired``, ``unawaited``): the work a Redis restart or a gone client saved."""
+    return f"{PREFIX}:skipped-jobs"
+
+
+def worker_watch_channel(worker_id: str) -> str:
+    """A channel nobody publishes on: a worker's heartbeat subscribes to it so that the subscription
+    breaking tells it at once that Redis went away (and it must re-register when Redis is back)."""
+    return f"{PREFIX}:watch:{worker_id}"
+
+
 def result_key(job_id: str) -> str:
-    """A result too big for pub/sub, kept ``RESULT_TTL_S`` seconds for the API to read."""
+    """A result too big for pub/sub, kept ``Settings.job_retention_s`` seconds for the API to read."""
     return f"{PREFIX}:result:{job_id}"
 
 
@@ -66,13 +121,21 @@ def janitor_lock_key() -> str:
 
 
 def slot_worker_name(worker_id: str, model: str, slot: int) -> str:
-    """rq worker name of one slot of a worker process."""
+    """rq worker name of one slot of a worker process: for people (rq-dashboard, logs) only; the
+    worker id holds a hostname, which may have dots, so nothing parses it (see :data:`JOB_WORKER`)."""
     return f"{worker_id}.{model}.{slot}"
 
 
-def worker_id_of_slot(rq_worker_name: str) -> str:
-    """The worker process id inside an rq slot worker's name (see :func:`slot_worker_name`)."""
-    return rq_worker_name.split(".", 1)[0]
+#: Field of a started job's rq ``meta``: the id of the worker process whose slot runs it (its
+#: heartbeat is ``worker_key(<id>)``), written in the same transaction that marks the job started.
+JOB_WORKER = "modelyard_worker"
+
+
+def job_worker_id(meta: dict) -> str | None:
+    """The worker process that runs a started job, from its rq ``meta``; None if no slot of ours
+    recorded one (the job never started, or a worker of an older version started it)."""
+    worker_id = meta.get(JOB_WORKER)
+    return worker_id if isinstance(worker_id, str) and worker_id else None
 
 
 #: Length of a rate-limit window, in seconds.
@@ -91,6 +154,43 @@ RQ_QUEUE_PREFIX = "rq:queue:"
 RQ_JOB_PREFIX = "rq:job:"
 
 
-def rq_queue_key(model: str) -> str:
-    """The Redis list rq keeps ``model``'s queued job ids in, oldest first."""
-    return RQ_QUEUE_PREFIX + queue_name(model)
+def rq_queue_key(model: str, band: Band = DEFAULT_BAND, lane: int = 0) -> str:
+    """The Redis list rq keeps the queued job ids of one of ``model``'s queues in, oldest first."""
+    return RQ_QUEUE_PREFIX + queue_name(model, band, lane)
+
+
+# -- the Responses API (docs/responses.md) ---------------------------------------------------------
+
+#: Most entries of a background response's event stream (one per decode step, XADD's MAXLEN ~).
+RESPONSE_EVENTS_MAXLEN = 20_000
+#: Seconds a background response's event stream lives after its last entry (replay with
+#: ``starting_after``); the response object itself lives ``Settings.response_ttl_s``.
+RESPONSE_EVENTS_TTL_S = 3600
+#: Seconds past its job's deadline after which a response still not final is failed.
+RESPONSE_DEADLINE_GRACE_S = 5
+
+
+def response_key(response_id: str) -> str:
+    """A stored response (JSON: object, input items, conversation), ``Settings.response_ttl_s``."""
+    return f"{PREFIX}:response:{response_id}"
+
+
+def response_events_key(response_id: str) -> str:
+    """Redis Stream of a background response's job events (the worker appends them): a job whose
+    ``reply_to`` is such a key is awaited by no subscriber and runs on (see :func:`is_events_stream`)."""
+    return f"{PREFIX}:response-events:{response_id}"
+
+
+def is_events_stream(reply_to: str) -> bool:
+    """Whether a job's ``reply_to`` is a response's event stream rather than a pub/sub channel."""
+    return reply_to.startswith(f"{PREFIX}:response-events:")
+
+
+def background_responses_key() -> str:
+    """Sorted set of background responses not yet final, scored by their job's deadline."""
+    return f"{PREFIX}:responses-active"
+
+
+def responses_keeper_lock_key() -> str:
+    """Held for one sweep by the API process that finalizes background responses."""
+    return f"{PREFIX}:responses-keeper"

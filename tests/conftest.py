@@ -1,24 +1,36 @@
-"""Session fixtures: a private redis-server, the offline checkpoints, worker and API processes."""
+"""Session fixtures: a private redis-server, the offline checkpoints, worker and API processes.
+
+Redis databases: the session's processes (the fleet, the API, and every worker or API a test starts
+beside them, which must share their queues and heartbeats) use database 0, which is never flushed
+while they run: a test there finds the others' jobs and keys, and looks only at its own (its job
+ids, its worker's pid). Each test module also gets a database of its own, ``redis_db``, empty when
+the module starts and flushed when it ends, as rq's own tests do: in-process apps (``app``,
+``client``) and what a test writes to Redis directly use it. Pub/sub channels are per server, not
+per database; every channel name the project uses is unique to its API process or job.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
-from tests.support import (
-    HEARTBEAT_TTL,
+from harness import (
     REPO,
     ApiServer,
+    RedisDatabase,
     RedisServer,
     WorkerProcess,
     free_port,
     start_api,
     stop_process,
 )
+from tests.settings import HEARTBEAT_TTL
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,9 +44,23 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server.stop()
 
 
+#: Databases handed to test modules in turn (redis-server has 16; 0 is the session's). A module's
+#: database is flushed before it is handed out, so reuse after 15 modules starts empty too.
+_MODULE_DATABASES = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture(scope="module")
+def redis_db(redis_server: RedisServer) -> Iterator[RedisDatabase]:
+    """This module's own Redis database: empty when the module starts, flushed when it ends."""
+    database = redis_server.database(next(_MODULE_DATABASES))
+    database.flush()
+    yield database
+    database.flush()
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    from workers.checkpoints import make_default_models
+    from bootstrap.checkpoints import make_default_models
 
     path = REPO / "models"
     make_default_models(path)
@@ -43,7 +69,8 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def models_file(tmp_path_factory, models_dir: Path) -> Path:
-    """Test models: small batches and context, a spare chat model for kill tests, a ghost without workers."""
+    """Test models: small batches and context, a spare chat model for kill tests, one with room for
+    tool schemas in its prompts (tests/e2e/conftest.py starts its worker), a ghost without workers."""
     path = tmp_path_factory.mktemp("config") / "models.yaml"
     chat = models_dir / "tiny-chat"
     path.write_text(
@@ -53,6 +80,7 @@ models:
      max_batch_size: 4}}
   - {{name: tiny-chat-spare, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 2,
      max_queue: 3}}
+  - {{name: tiny-chat-tools, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 4}}
   - {{name: ghost, kind: chat, source: "{chat}"}}
   - name: minilm
     aliases: [all-MiniLM-L6-v2, text-embedding-3-small]
@@ -72,7 +100,11 @@ def base_env(redis_server: RedisServer, models_file: Path) -> dict[str, str]:
         MODELYARD_REDIS_URL=redis_server.url,
         MODELYARD_MODELS_FILE=str(models_file),
         MODELYARD_HEARTBEAT_TTL=str(HEARTBEAT_TTL),
+        # Long enough that rq-dashboard's test still finds the session's finished jobs.
+        MODELYARD_JOB_RETENTION_S="3600",
         MODELYARD_LOG_LEVEL="INFO",
+        # Threads of an API run with MODELYARD_API_WORKER_CLASS=gthread (bin/api's default is 512).
+        MODELYARD_API_THREADS="64",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
     )
@@ -113,15 +145,29 @@ def api_server(base_env, fleet, tmp_path_factory) -> Iterator[ApiServer]:
 
 
 @pytest.fixture
-def app(redis_server, models_file):
-    """An API app (Flask test client side) against the test Redis."""
+def make_app(models_file) -> Iterator[Callable[..., Flask]]:
+    """Factory: ``make_app(redis_url, **settings)``, an API app (Flask test client side) on the test
+    models file with those settings; each is closed after the test."""
     from api.app import create_app
     from shared.config import Settings
 
-    settings = Settings(redis_url=redis_server.url, models_file=models_file, request_timeout=30)
-    app = create_app(settings)
-    yield app
-    app.extensions["modelyard"].close()
+    made = []
+
+    def make(redis_url: str, **settings):
+        app = create_app(Settings(redis_url=redis_url, models_file=models_file, **settings))
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["modelyard"].close()
+
+
+@pytest.fixture
+def app(make_app, redis_db):
+    """An API app on this module's own database: no live workers there (for what is decided before a
+    job runs, and for Redis state a test writes itself)."""
+    return make_app(redis_db.url, request_timeout=30)
 
 
 @pytest.fixture

@@ -14,16 +14,18 @@ import time
 from rq.serializers import JSONSerializer
 
 from shared import keys
+from shared.catalog import ModelCatalog, ModelsFileError, ModelSpec
 from shared.config import Settings
 from shared.connection import connect
 from shared.logs import LOG_FORMATS, setup_logging
-from shared.models import ModelCatalog, ModelsFileError, ModelSpec
-from workers import runtime
+from shared.status import ModelCard, WorkerReport
+from workers import loaders, runtime
 from workers.engines.base import Engine
 from workers.heartbeat import Heartbeat, new_worker_id
-from workers.loaders import load_engine
+from workers.loaders import EngineLoader
 from workers.publisher import RedisEventSink
-from workers.slot import SLOT_WORKER_TTL, SlotWorker
+from workers.scheduling import BandSlotWorker, QueueOrder, slot_queue_names
+from workers.slot import SLOT_WORKER_TTL
 
 log = logging.getLogger("modelyard.worker")
 
@@ -62,21 +64,27 @@ def run_slot(
     index: int,
     draining: threading.Event,
     fetching: threading.Lock,
+    order: QueueOrder,
+    reserved: bool = False,
 ) -> None:
     """Run one rq slot until the worker drains; a slot that rq stopped (Redis gone) starts anew.
 
-    ``fetching`` is shared by the model's slots in this process (see :class:`SlotWorker`)."""
+    ``fetching`` is shared by the model's slots of one kind (reserved or not) in this process (see
+    :class:`SlotWorker`), ``order`` by all of them (see :mod:`workers.scheduling`). A ``reserved``
+    slot takes high-band jobs only."""
     generation = 0
     while not draining.is_set():
         # A new name each time: rq refuses a name whose old registration it could not end.
         name = keys.slot_worker_name(worker_id, model, index) + (f"-{generation}" if generation else "")
-        slot = SlotWorker(
-            [keys.queue_name(model)],
+        slot = BandSlotWorker(
+            slot_queue_names(model, reserved),
             name=name,
             connection=connect(redis_url, socket_timeout=SLOT_WORKER_TTL + 10, name=name),
             serializer=JSONSerializer,
+            worker_id=worker_id,
             draining=draining,
             fetching=fetching,
+            order=order,
         )
         try:
             slot.work(logging_level="WARNING")
@@ -87,7 +95,9 @@ def run_slot(
             generation += 1
 
 
-def load_engines(specs: list[ModelSpec], sink: RedisEventSink) -> dict[str, Engine]:
+def load_engines(
+    specs: list[ModelSpec], sink: RedisEventSink, load_engine: EngineLoader = loaders.load_engine
+) -> dict[str, Engine]:
     """Load every model, logging each one's progress: what, where, how long, how much memory."""
     engines: dict[str, Engine] = {}
     all_started = time.monotonic()
@@ -131,6 +141,31 @@ def _memory() -> str:
     return ", ".join(parts)
 
 
+def report(
+    specs: list[ModelSpec], engines: dict[str, Engine], rt: runtime.Runtime, cards: dict[str, ModelCard]
+) -> WorkerReport:
+    """What the heartbeat tells about this process's models and jobs now."""
+    running = rt.running_ids()
+    return WorkerReport(
+        device={spec.name: spec.device for spec in specs},
+        slots={spec.name: spec.max_batch_size for spec in specs},
+        busy=len(running),
+        running=running,
+        engines={spec.name: engines[spec.name].stats() for spec in specs},
+        cards=cards,
+    )
+
+
+def model_cards(specs: list[ModelSpec], engines: dict[str, Engine]) -> dict[str, ModelCard]:
+    """Each model's card: what its engine tells, and its checkpoint's time."""
+    return {
+        spec.name: engines[spec.name]
+        .card()
+        .model_copy(update={"created": loaders.checkpoint_time(spec.source)})
+        for spec in specs
+    }
+
+
 def set_threads(specs: list[ModelSpec]) -> None:
     """torch's CPU threads for this process: the most any of its models asks for (unset: torch's own)."""
     wanted = [spec.threads for spec in specs]
@@ -153,8 +188,17 @@ def _library_logs_to_root() -> None:
     hf_logging.disable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a worker process until SIGTERM/SIGINT."""
+def main(
+    argv: list[str] | None = None,
+    *,
+    load_engine: EngineLoader = loaders.load_engine,
+    hooks: runtime.JobHooks = runtime.NO_HOOKS,
+) -> int:
+    """Run a worker process until SIGTERM/SIGINT.
+
+    ``load_engine`` makes each model's engine (a benchmark's own engine, say); ``hooks`` are called
+    at each step of every job (see :class:`workers.runtime.JobHooks`).
+    """
     args = parse_args(argv)
     overrides = {"models_file": args.models_file} if args.models_file else {}
     if args.log_format:
@@ -170,37 +214,44 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(specs)
     redis = connect(settings.redis_url)
-    sink = RedisEventSink(redis)
-    engines = load_engines(specs, sink)
-    rt = runtime.Runtime(redis=redis, sink=sink, engines=engines)
+    sink = RedisEventSink(redis, retention_s=settings.job_retention_s)
+    engines = load_engines(specs, sink, load_engine)
+    cards = model_cards(specs, engines)
+    rt = runtime.Runtime(redis=redis, sink=sink, engines=engines, hooks=hooks)
     runtime.install(rt)
     for engine in engines.values():
         engine.start()
 
     worker_id = new_worker_id()
     draining = threading.Event()
-    fetching = {spec.name: threading.Lock() for spec in specs}
+    # Per model: max_batch_size slots of every band, then the reserved ones of the high band only.
+    fetching = {(spec.name, reserved): threading.Lock() for spec in specs for reserved in (False, True)}
+    orders = {spec.name: QueueOrder(spec.name) for spec in specs}
     threads = [
         threading.Thread(
             target=run_slot,
-            args=(settings.redis_url, worker_id, spec.name, i, draining, fetching[spec.name]),
+            args=(
+                settings.redis_url,
+                worker_id,
+                spec.name,
+                i,
+                draining,
+                fetching[spec.name, i >= spec.max_batch_size],
+                orders[spec.name],
+                i >= spec.max_batch_size,
+            ),
             name=keys.slot_worker_name(worker_id, spec.name, i),
             daemon=True,
         )
         for spec in specs
-        for i in range(spec.max_batch_size)
+        for i in range(spec.max_batch_size + settings.priority_reserved_slots)
     ]
     heartbeat = Heartbeat(
         redis,
         worker_id,
         models=[spec.name for spec in specs],
         ttl=settings.heartbeat_ttl,
-        status=lambda: {
-            "device": {spec.name: spec.device for spec in specs},
-            "slots": {spec.name: spec.max_batch_size for spec in specs},
-            "busy": rt.running,
-            "engines": {name: engine.stats() for name, engine in engines.items()},
-        },
+        report=lambda: report(specs, engines, rt, cards),
         healthy=lambda: all(engine.alive for engine in engines.values()),
     )
 
@@ -214,10 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_drain)
     signal.signal(signal.SIGINT, request_drain)
     # Beat before any slot can take a job: the API's janitor fails jobs of workers without a heartbeat.
-    heartbeat.start()
+    if not heartbeat.start(give_up=draining):
+        log.info("worker %s stopped before Redis answered", worker_id)
+        for engine in engines.values():
+            engine.stop()
+        return 0
     for thread in threads:
         thread.start()
-    log.info("worker %s serving %s with %d slots", worker_id, ", ".join(engines), len(threads))
+    log.info(
+        "worker %s serving %s with %d slots (key prefix %s)",
+        worker_id,
+        ", ".join(engines),
+        len(threads),
+        keys.PREFIX,
+    )
 
     while not draining.wait(1.0):
         if not heartbeat.alive:

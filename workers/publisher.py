@@ -1,11 +1,15 @@
-"""Publishing job events to the API processes' reply channels."""
+"""Publishing job events to the API processes' reply channels.
+
+A background response's job replies to a Redis Stream instead (``keys.is_events_stream``): its
+events are appended there, bounded and expiring, for any API process to read at any time.
+"""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import get_current_job
 
 from shared import keys
@@ -21,8 +25,10 @@ MAX_INLINE_RESULT_BYTES = 512 * 1024
 class RedisEventSink:
     """Publishes events; thread-safe (redis-py pools connections)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, retention_s: int = 60) -> None:
         self._redis = redis
+        #: Seconds a large result parked for the API is kept: ``Settings.job_retention_s``.
+        self._retention_s = retention_s
 
     def publish(self, messages: list[tuple[str, DeltaEvent]]) -> None:
         """Publish one decode step's deltas in one round trip."""
@@ -30,7 +36,7 @@ class RedisEventSink:
             return
         pipe = self._redis.pipeline(transaction=False)
         for channel, event in messages:
-            pipe.publish(channel, encode_event(event))
+            _send(pipe, channel, encode_event(event))
         pipe.execute()
 
     def publish_done(
@@ -41,30 +47,37 @@ class RedisEventSink:
         *,
         model: str,
         run_s: float,
-        rate_subject: str | None = None,
     ) -> None:
         """Send the terminal success event (parking a large result in Redis first), and record the
-        job's run time (throughput estimates) and tokens (rate limits), in one round trip."""
+        job's run time (the model's throughput, for the API's Retry-After and ETAs), in one round
+        trip. Rate limits are the API's: it charges the result's tokens when it reads them."""
         timings = _timings()
         event = DoneEvent(job_id=job_id, result=result, **timings)
         data = encode_event(event)
         pipe = self._redis.pipeline(transaction=False)
         if len(data) > MAX_INLINE_RESULT_BYTES:
-            pipe.set(keys.result_key(job_id), result.model_dump_json(), ex=keys.RESULT_TTL_S)
+            pipe.set(keys.result_key(job_id), result.model_dump_json(), ex=self._retention_s)
             data = encode_event(DoneEvent(job_id=job_id, **timings))
-        pipe.publish(channel, data)
+        _send(pipe, channel, data)
         pipe.lpush(keys.job_durations_key(model), round(run_s, 4))
         pipe.ltrim(keys.job_durations_key(model), 0, keys.DURATION_SAMPLES - 1)
-        if rate_subject is not None:
-            tokens = keys.rate_key(rate_subject, "tokens", time.time())
-            pipe.incrby(tokens, result.usage.total_tokens)
-            pipe.expire(tokens, 2 * keys.RATE_WINDOW_S)
         pipe.execute()
 
     def publish_error(self, channel: str, job_id: str, error: ModelyardError) -> None:
         """Send the terminal error event."""
         event = ErrorEvent.from_error(job_id, error).model_copy(update=_timings())
-        self._redis.publish(channel, encode_event(event))
+        pipe = self._redis.pipeline(transaction=False)
+        _send(pipe, channel, encode_event(event))
+        pipe.execute()
+
+
+def _send(pipe: Pipeline, reply_to: str, data: str) -> None:
+    """PUBLISH to an API process's channel, or append to a background response's event stream."""
+    if keys.is_events_stream(reply_to):
+        pipe.xadd(reply_to, {"event": data}, maxlen=keys.RESPONSE_EVENTS_MAXLEN, approximate=True)
+        pipe.expire(reply_to, keys.RESPONSE_EVENTS_TTL_S)
+    else:
+        pipe.publish(reply_to, data)
 
 
 def _timings() -> dict[str, float]:

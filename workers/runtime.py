@@ -1,4 +1,5 @@
-"""What the rq job function needs from its process: the engines and the per-job cancel flags.
+"""What the rq job function needs from its process: the engines, the per-job cancel flags and the
+job hooks.
 
 rq imports the job function by name, so the worker's main installs one :class:`Runtime` at start-up
 for :func:`workers.tasks.run_job` to find.
@@ -11,8 +12,31 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 
+from shared.jobs import AnyJob
 from workers.engines.base import Engine
 from workers.publisher import RedisEventSink
+
+
+class JobHooks:
+    """Called by :func:`workers.tasks.run_job` at each step of every job; each one does nothing here.
+
+    A benchmark or test passes a subclass to :func:`workers.main.main` (e.g. to take timing marks).
+    Hooks run on the job's slot thread, inline: keep them short, and never raise.
+    """
+
+    def job_started(self, job: AnyJob) -> None:
+        """rq handed the job over and it was decoded; nothing was checked or run yet."""
+
+    def job_submitted(self, job: AnyJob) -> None:
+        """The engine accepted the job (checked, tokenized, waiting for its next batch)."""
+
+    def job_ended(self, job: AnyJob, error: Exception | None) -> None:
+        """The job's terminal event was published: its result (``error`` None), or its error
+        (a :class:`ModelyardError`, or the exception a crash raised)."""
+
+
+#: Hooks doing nothing, the default.
+NO_HOOKS = JobHooks()
 
 
 @dataclass
@@ -22,6 +46,7 @@ class Runtime:
     redis: Redis
     sink: RedisEventSink
     engines: dict[str, Engine]
+    hooks: JobHooks = NO_HOOKS
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -44,11 +69,10 @@ class Runtime:
         with self._lock:
             self._cancels.pop(job_id, None)
 
-    @property
-    def running(self) -> int:
-        """Jobs running in this process now."""
+    def running_ids(self) -> list[str]:
+        """Ids of the jobs running in this process now (the heartbeat lists them for the janitor)."""
         with self._lock:
-            return len(self._cancels)
+            return list(self._cancels)
 
 
 _installed: Runtime | None = None

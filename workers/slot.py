@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,21 +37,51 @@ SLOT_WORKER_TTL = 17
 #: Seconds between two looks at ``rq suspend``'s key (rq looks before every job: a round trip each).
 SUSPENSION_CHECK_EVERY_S = 1.0
 
+#: Longest wait between two attempts of a slot to reach Redis again: a slot takes jobs again this
+#: soon after Redis is back (its worker re-registers at once, so admission counts it).
+RECONNECT_MAX_S = 2.0
+
+
+class SlotJob(Job):
+    """rq's job, whose start also writes its ``meta`` (where the slot recorded its worker process,
+    :data:`shared.keys.JOB_WORKER`) in the one HSET that marks it started: no job is ever started
+    without the record of who runs it, and it costs no round trip."""
+
+    def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
+        super().prepare_for_execution(worker_name, pipeline)
+        pipeline.hset(self.key, "meta", self.serializer.dumps(self.meta))
+
 
 class SlotWorker(SimpleWorker):
-    """A :class:`SimpleWorker` that lives on a thread and can be drained from the main thread."""
+    """A :class:`SimpleWorker` that lives on a thread and can be drained from the main thread.
+
+    ``worker_id`` is the worker process's (its heartbeat key's) id, recorded in every job it starts.
+    """
 
     # SIGALRM works on the main thread only; slots are not.
     death_penalty_class = TimerDeathPenalty
+    job_class = SlotJob
 
-    def __init__(self, *args, draining: threading.Event, fetching: threading.Lock, **kwargs) -> None:
+    def __init__(
+        self, *args, worker_id: str, draining: threading.Event, fetching: threading.Lock, **kwargs
+    ) -> None:
         super().__init__(*args, worker_ttl=SLOT_WORKER_TTL, **kwargs)
+        self.worker_id = worker_id
         self._draining = draining
         self._fetching = fetching
         self._next_suspension_check = 0.0
 
     def _install_signal_handlers(self) -> None:
         """The process's main thread owns signals; it drains the slots through ``draining``."""
+
+    def _set_ip_address(self, connection: Redis) -> None:
+        """rq names the connection while it constructs the worker: a slot made again while Redis is
+        down (after an outage stopped the last one) must not die of it, but start when Redis is back."""
+        try:
+            super()._set_ip_address(connection)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("slot %s starts without Redis (%s)", self.name, exc)
+            self.ip_address = "unknown"
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
@@ -87,11 +118,13 @@ class SlotWorker(SimpleWorker):
                 finally:
                     self._fetching.release()
             except DequeueTimeout:
+                backoff = 1.0  # Redis answered
                 continue
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("slot %s cannot reach Redis (%s); retrying in %.0fs", self.name, exc, backoff)
+                if backoff == 1.0:
+                    log.warning("slot %s cannot reach Redis (%s); retrying", self.name, exc)
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
             if result is not None:
                 job, queue = result
@@ -135,6 +168,7 @@ class SlotWorker(SimpleWorker):
             )
             self.set_state(WorkerStatus.IDLE)
             return
+        job.meta[keys.JOB_WORKER] = self.worker_id  # written as the job starts (SlotJob)
         super().execute_job(job, queue)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:

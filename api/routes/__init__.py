@@ -6,6 +6,16 @@ from flask import Blueprint
 
 
 def blueprints() -> list[Blueprint]:
-    from api.routes import compat, generation, health, jobs, metrics, models, pooling, websocket
+    from api.routes import compat, generation, health, jobs, metrics, models, pooling, responses, websocket
 
-    return [health.bp, models.bp, generation.bp, pooling.bp, jobs.bp, compat.bp, metrics.bp, websocket.bp]
+    return [
+        health.bp,
+        models.bp,
+        generation.bp,
+        pooling.bp,
+        jobs.bp,
+        compat.bp,
+        metrics.bp,
+        websocket.bp,
+        responses.bp,
+    ]

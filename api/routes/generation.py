@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
-from api import responses
-from api.disconnect import client_gone_probe
-from api.dispatch import Dispatcher, Ticket
-from api.routes.common import envelope, json_body
+from api import openai_objects
+from api.fleet import check_takes_tools
+from api.middleware import RequestContext
+from api.routes.common import envelope, json_body, request_context, resolve_model
 from api.schemas.base import parse_body
 from api.schemas.generation import ChatCompletionRequest, CompletionRequest
 from api.services import services
-from shared.errors import ModelyardError
-from shared.events import DeltaEvent, DoneEvent, ErrorEvent
+from api.streaming import ChunkBuilder, Stream, Waiting, open_stream
+from shared.catalog import ModelKind
+from shared.errors import Cancelled
 from shared.jobs import GenerateJob
-from shared.models import ModelKind
 
 bp = Blueprint("generation", __name__, url_prefix="/v1")
 
@@ -34,6 +34,13 @@ class Generation:
     chat: bool
     include_usage: bool
     choices: int
+
+    def open_stream(self, context: RequestContext) -> Stream:
+        """Submit the (streaming) job: its stream, once the job was accepted (the WebSocket uses it too)."""
+        builder = ChunkBuilder(
+            self.job.job_id, self.model, int(time.time()), chat=self.chat, include_usage=self.include_usage
+        )
+        return open_stream(services().dispatcher, self.job, builder, self.choices, context)
 
 
 @bp.post("/chat/completions")
@@ -50,13 +57,19 @@ def chat_generation(body: object) -> Generation:
     """Validate a chat completions body into its job (the WebSocket endpoint uses it too)."""
     req: ChatCompletionRequest = parse_body(ChatCompletionRequest, body)
     messages, sampling = req.chat_messages(), req.sampling(req.token_limit)
-    spec = services().dispatcher.resolve(req.model, ModelKind.CHAT)
+    spec = resolve_model(req.model, ModelKind.CHAT)
+    spec.check_sequences(1, req.n)  # before anything is queued or counted
+    tools = req.tool_use()
+    if tools is not None:
+        check_takes_tools(services().redis, spec)
     job = GenerateJob(
-        **envelope(spec),
+        **envelope(spec, req),
         stream=req.stream,
         messages=messages,
         n=req.n,
         sampling=sampling,
+        constraint=req.constraint(),
+        tools=tools,
     )
     return Generation(job, req.model, chat=True, include_usage=req.include_usage, choices=req.n)
 
@@ -66,14 +79,16 @@ def completion_generation(body: object) -> Generation:
     req: CompletionRequest = parse_body(CompletionRequest, body)
     req.check()
     prompts, sampling = req.prompts, req.sampling(req.max_tokens)
-    spec = services().dispatcher.resolve(req.model, ModelKind.CHAT)
+    spec = resolve_model(req.model, ModelKind.CHAT)
+    spec.check_sequences(len(prompts), req.n)  # before anything is queued or counted
     job = GenerateJob(
-        **envelope(spec),
+        **envelope(spec, req),
         stream=req.stream,
         prompts=prompts,
         n=req.n,
         sampling=sampling,
         echo=req.echo,
+        constraint=req.constraint(),
     )
     return Generation(
         job, req.model, chat=False, include_usage=req.include_usage, choices=len(prompts) * req.n
@@ -81,97 +96,38 @@ def completion_generation(body: object) -> Generation:
 
 
 def _generate(gen: Generation):
-    gone = client_gone_probe(request.environ)
     if not gen.job.stream:
-        dispatcher = services().dispatcher
         created = int(time.time())
-        ticket = dispatcher.submit(gen.job)
-        try:
-            result = dispatcher.result(ticket, gone)
-        finally:
-            dispatcher.close(ticket)
-        build = responses.chat_completion if gen.chat else responses.completion
+        with services().dispatcher.run(gen.job, request_context()) as run:
+            result = run.wait()
+        build = openai_objects.chat_completion if gen.chat else openai_objects.completion
         return jsonify(build(gen.job.job_id, gen.model, created, result))
 
-    stream = open_stream(gen, gone)
-    if stream is None:  # the client left while the job was queued
-        return Response(status=499)
-    return Response(
-        stream.frames(),
+    stream = gen.open_stream(request_context())
+    response = Response(
+        _sse(stream),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(stream.close)  # also when the response is closed before it was read
+    return response
 
 
-def open_stream(gen: Generation, client_gone: Callable[[], bool]) -> Stream | None:
-    """Submit a streaming job and wait up to one tick (a second) for its first event.
+#: The end of an SSE stream, and what is sent while there is nothing to send (clients ignore it).
+SSE_DONE = "data: [DONE]\n\n"
+SSE_KEEPALIVE = ": keep-alive\n\n"
 
-    Holding the response until the worker accepted the job lets its errors (a prompt longer than
-    the context, say) keep their HTTP status: they are raised here, not sent mid-stream. A job
-    still queued after that tick starts its stream anyway, with its queue position as SSE
-    comments until the first token. None if the client left meanwhile.
-    """
-    dispatcher = services().dispatcher
-    created = int(time.time())
-    ticket = dispatcher.submit(gen.job)
-    events = dispatcher.events(ticket, client_gone)
+
+def _sse(stream: Stream) -> Iterator[str]:
+    """The stream as text/event-stream frames: a data frame per chunk or error, then ``[DONE]``;
+    comments while waiting (the job's queue position while it is queued)."""
     try:
-        first = next(events)
-    except StopIteration:
-        dispatcher.close(ticket)
-        return None
-    except BaseException:
-        dispatcher.close(ticket)
-        raise
-    if isinstance(first, ErrorEvent):
-        dispatcher.close(ticket)
-        raise first.to_error()
-    writer = responses.ChunkWriter(
-        gen.job.job_id, gen.model, created, chat=gen.chat, include_usage=gen.include_usage
-    )
-    return Stream(dispatcher, ticket, writer, gen.choices, itertools.chain([first], events))
-
-
-@dataclass
-class Stream:
-    """A streaming job whose first event arrived: its chunks, for SSE and the WebSocket alike."""
-
-    dispatcher: Dispatcher
-    ticket: Ticket
-    writer: responses.ChunkWriter
-    choices: int
-    events: Iterator
-
-    def frames(self) -> Iterator[str]:
-        """SSE frames; if the consumer stops early (the client left), the ``finally`` cancels the job.
-
-        Runs after the view returned, outside the app context: everything it needs is kept here.
-        """
-        dispatcher, ticket, writer = self.dispatcher, self.ticket, self.writer
-        finished = started = False
-        try:
-            yield from writer.opening(self.choices)
-            for event in self.events:
-                if event is None:
-                    position = None if started else dispatcher.queue_position(ticket.job)
-                    yield responses.KEEPALIVE if position is None else responses.queue_comment(position)
-                    continue
-                started = True
-                if isinstance(event, DeltaEvent):
-                    for delta in event.deltas:
-                        yield from writer.delta(delta)
-                elif isinstance(event, DoneEvent):
-                    finished = True
-                    yield from writer.closing(dispatcher.done_result(event).usage)
-                elif isinstance(event, ErrorEvent):
-                    finished = True
-                    yield responses.sse_error(event.to_error())
-                    yield responses.DONE
-        except ModelyardError as error:
-            finished = True
-            yield responses.sse_error(error)
-            yield responses.DONE
-        finally:
-            if not finished:
-                dispatcher.cancel(ticket.job.job_id)
-            dispatcher.close(ticket)
+        with closing(stream.items()) as items:
+            for item in items:
+                if isinstance(item, Waiting):
+                    yield SSE_KEEPALIVE if item.position is None else f": queued position={item.position}\n\n"
+                else:  # a chunk, or the error that ends the stream (the SDK raises it)
+                    yield f"data: {item.json()}\n\n"
+    except Cancelled:
+        return  # the client left: nobody reads a [DONE]
+    yield SSE_DONE

@@ -1,4 +1,4 @@
-"""``/metrics``: Prometheus text format (names in the README)."""
+"""``/metrics``: Prometheus text format (docs/endpoints.md lists the names)."""
 
 from __future__ import annotations
 

@@ -5,12 +5,12 @@ Each text message the client sends is one request: the JSON body of ``/v1/chat/c
 with ``messages`` is a chat request and any other a completion. ``stream`` is implied. The answer is
 what the SSE endpoint sends, one text message per chunk (the same chunk JSON), then ``[DONE]``; an
 error is OpenAI's error JSON, then ``[DONE]``. The socket then takes the next request. Closing the
-socket cancels the running job. Chunks come from the same path as SSE (:class:`Stream`).
+socket cancels the running job. The items come from the same stream as SSE's
+(:class:`api.streaming.Stream`), encoded here as messages.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import closing
 
@@ -19,8 +19,11 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed, Server
 
 from api import observe
-from api.routes.generation import Generation, chat_generation, completion_generation, open_stream
-from shared.errors import InternalError, InvalidRequest, ModelyardError
+from api.json_parsing import parse_json
+from api.routes.common import request_context
+from api.routes.generation import Generation, chat_generation, completion_generation
+from api.streaming import Waiting, compact_json
+from shared.errors import Cancelled, InternalError, InvalidRequest, ModelyardError
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +59,17 @@ def _serve(ws: Server, message: str | bytes) -> None:
     status = 200
     try:
         gen = _generation(message)
-        stream = open_stream(gen, lambda: not ws.connected)
-        if stream is None:  # the socket closed while the job was queued
-            status = 499
-            return
-        with closing(stream.frames()) as frames:  # closing early cancels the job
-            for frame in frames:
-                data = sse_data(frame)
-                if data is not None:
-                    ws.send(data)
+        stream = gen.open_stream(request_context(client_gone=lambda: not ws.connected))
+        with closing(stream.items()) as items:  # closing early cancels the job
+            for item in items:
+                if not isinstance(item, Waiting):  # a chunk, or the error that ends the stream
+                    ws.send(item.json())
+        ws.send(DONE)
     except ConnectionClosed:
         status = 499
         raise
+    except Cancelled:  # the socket closed while the job was queued or running: nobody to tell
+        status = 499
     except ModelyardError as error:
         status = error.status
         _send_error(ws, error)
@@ -80,15 +82,12 @@ def _serve(ws: Server, message: str | bytes) -> None:
 
 
 def _send_error(ws: Server, error: ModelyardError) -> None:
-    ws.send(json.dumps(error.to_dict(), ensure_ascii=False))
+    ws.send(compact_json(error.to_dict()))
     ws.send(DONE)
 
 
 def _generation(message: str | bytes) -> Generation:
-    try:
-        body = json.loads(message)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the message is not valid JSON: {exc}") from exc
+    body = parse_json(message, what="message")
     if not isinstance(body, dict):
         raise InvalidRequest("the message must be a JSON object")
     kind = body.pop("type", None) or ("chat" if "messages" in body else "completion")
@@ -98,9 +97,3 @@ def _generation(message: str | bytes) -> Generation:
     if kind == "completion":
         return completion_generation(body)
     raise InvalidRequest("'type' must be 'chat' or 'completion'", param="type")
-
-
-def sse_data(frame: str) -> str | None:
-    """The data of one SSE frame (a chunk's JSON, or ``[DONE]``); None for a comment (keep-alive)."""
-    lines = [line[5:].removeprefix(" ") for line in frame.splitlines() if line.startswith("data:")]
-    return "\n".join(lines) if lines else None

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler
 
 from shared.errors import InvalidRequest
+from shared.jobs import TOKEN_ID_MAX
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,9 @@ log = logging.getLogger(__name__)
 INT64_MAX = 2**63 - 1
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
+#: Largest token id a request may name.
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=TOKEN_ID_MAX)]], Field(min_length=1)]
 
 
 def text_or_tokens(limit: int) -> Any:
@@ -51,12 +54,24 @@ def as_items(value: str | list) -> list[str | list[int]]:
     return list(value)
 
 
-class RequestModel(BaseModel):
-    """Base of request bodies: unknown fields are accepted and ignored (clients send extras)."""
+class BodyModel(BaseModel):
+    """Base of request bodies and the objects inside them.
 
-    model_config = ConfigDict(extra="allow")
+    Types are strict, as JSON has them: ``"16"`` or ``true`` is not an integer, ``"yes"`` not a
+    boolean, ``1.5`` not an integer (an integer is a number, though). Unknown fields are accepted
+    and ignored (clients send extras).
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class RequestModel(BodyModel):
+    """Base of request bodies."""
 
     model: str = Field(min_length=1)
+    #: vLLM's priority (lower is sooner) and OpenAI's service tier: the job's band (api/priority.py).
+    priority: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    service_tier: str | None = None
 
 
 #: Names pydantic puts in an error location for the member of a union, not for a field.

@@ -5,65 +5,75 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
 from api.schemas.base import (
-    INT64_MAX,
+    BodyModel,
     RequestModel,
     as_items,
     check_text_or_tokens,
     reject_unsupported,
     text_or_tokens,
 )
+from api.schemas.structured import ResponseFormat, StructuredOutputs, request_constraint
+from api.schemas.tools import ToolCallParam, ToolChoice, ToolParam, tool_use
 from shared.errors import InvalidRequest
-from shared.jobs import ChatMessage, SamplingParams
+from shared.jobs import (
+    MAX_LOGIT_BIAS,
+    TOKEN_ID_MAX,
+    ChatMessage,
+    Constraint,
+    LogitBiasValue,
+    MaxTokens,
+    Penalty,
+    Probability,
+    RepetitionPenalty,
+    SamplingParams,
+    Seed,
+    StopStrings,
+    StopTokenIds,
+    Temperature,
+    TopLogprobs,
+)
+from shared.tools import ToolUse
 
-MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
-Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None
-TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+# Sampling ranges are SamplingParams' (shared/jobs.py): the worker checks the same ones.
+Stop = str | StopStrings | None
 #: Prompts in one completions request.
 MAX_PROMPTS = 1024
-Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 #: Parameters accepted only with their neutral value until the engine implements them.
 _NOT_YET = {
-    "tools": None,
+    "tools": None,  # completions only: chat declares them
     "tool_choice": None,
-    "functions": None,
-    "response_format": None,
+    "functions": None,  # the deprecated function calling: tools replace it
+    "function_call": None,
     "echo": False,  # chat only: completions declare it
     "suffix": None,
 }
-#: Most ``logit_bias`` entries a request may carry.
-MAX_LOGIT_BIAS = 1024
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class StreamOptions(BodyModel):
     include_usage: bool = False
 
 
-class TextPart(BaseModel):
+class TextPart(BodyModel):
     """A content part; only text parts can be served by text models."""
-
-    model_config = ConfigDict(extra="allow")
 
     type: str
     text: str | None = None
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class Message(BodyModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    #: An assistant turn's calls, and the call a tool turn answers.
+    tool_calls: list[ToolCallParam] | None = None
+    tool_call_id: str | None = None
 
     def flatten(self, position: int) -> ChatMessage:
         """The message with its text parts joined; other part types are refused."""
@@ -79,37 +89,51 @@ class Message(BaseModel):
             content = "".join(texts)
         else:
             content = self.content or ""
-        return ChatMessage(role=self.role, content=content, name=self.name)
+        calls = [
+            call.to_wire(f"messages.{position}.tool_calls.{i}")
+            for i, call in enumerate(self.tool_calls or [])
+        ]
+        return ChatMessage(
+            role=self.role,
+            content=content,
+            name=self.name,
+            tool_calls=calls or None,
+            tool_call_id=self.tool_call_id,
+        )
 
 
 class _GenerationRequest(RequestModel):
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, ge=0, le=1)
+    temperature: Temperature = 1.0
+    top_p: Probability = 1.0
     n: int = Field(1, ge=1, le=128)
     stop: Stop = None
-    seed: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     #: Token id (as a string, JSON keys are) -> bias added to its logit.
-    logit_bias: (
-        Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)]
-        | None
-    ) = None
+    #: (SamplingParams' keys are ints: JSON's are strings, checked below.)
+    logit_bias: Annotated[dict[str, LogitBiasValue], Field(max_length=MAX_LOGIT_BIAS)] | None = None
     # vLLM's extras (the SDK's ``extra_body``).
-    top_k: int = Field(-1, ge=-1)  # -1 or 0: off
-    min_p: float = Field(0.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    top_k: int = Field(-1, ge=-1)  # -1 or 0: off (SamplingParams' 0)
+    min_p: Probability = 0.0
+    repetition_penalty: RepetitionPenalty = 1.0
     ignore_eos: bool = False
-    stop_token_ids: Annotated[list[TokenId], Field(max_length=64)] | None = None
+    stop_token_ids: StopTokenIds | None = None
+    # Structured output: OpenAI's, and vLLM's extra.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("logit_bias")
     @classmethod
     def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not (key.strip().isascii() and key.strip().isdigit()):  # int() refuses "²"
-                raise ValueError(f"keys must be token ids, not {key!r}")
+            token = key.strip()
+            # isascii: int() takes "²"; the length first: int() of thousands of digits is slow or fails.
+            if not (token.isascii() and token.isdigit() and len(token) <= 10 and int(token) <= TOKEN_ID_MAX):
+                shown = key if len(key) <= 24 else key[:24] + "..."
+                raise ValueError(f"keys must be token ids (0 to {TOKEN_ID_MAX}), not {shown!r}")
         return value
 
     @property
@@ -119,6 +143,10 @@ class _GenerationRequest(RequestModel):
     def _logprobs(self) -> int | None:
         """Alternatives per token to return; None: no logprobs."""
         return None
+
+    def constraint(self) -> Constraint | None:
+        """What the output must match, checked by the grammar backend; None: free text."""
+        return request_constraint(self.response_format, self.structured_outputs, self)
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         """The engine's view of the sampling parameters."""
@@ -147,7 +175,10 @@ class ChatCompletionRequest(_GenerationRequest):
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: TopLogprobs | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     def _logprobs(self) -> int | None:
         if not self.logprobs:
@@ -155,6 +186,11 @@ class ChatCompletionRequest(_GenerationRequest):
                 raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
             return None
         return self.top_logprobs or 0
+
+    def tool_use(self) -> ToolUse | None:
+        """The tools the prompt offers and how they may be called (None: no tools)."""
+        structured = self.response_format is not None and self.response_format.type != "text"
+        return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls, structured)
 
     def chat_messages(self) -> list[ChatMessage]:
         return [message.flatten(i) for i, message in enumerate(self.messages)]

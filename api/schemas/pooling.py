@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-from api.schemas.base import RequestModel, as_items, check_text_or_tokens, text_or_tokens
+from api.schemas.base import BodyModel, RequestModel, as_items, check_text_or_tokens, text_or_tokens
 from shared.errors import InvalidRequest
 
 #: OpenAI's limit on inputs per embeddings request.
@@ -43,10 +41,8 @@ class EmbeddingRequest(RequestModel):
         return inputs
 
 
-class RerankDocument(BaseModel):
+class RerankDocument(BodyModel):
     """Cohere and Jina also accept documents as ``{"text": ...}`` objects."""
-
-    model_config = ConfigDict(extra="allow")
 
     text: str
 

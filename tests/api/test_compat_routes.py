@@ -4,7 +4,6 @@ the same views, validation, errors and authentication as /v1, decided before any
 import pytest
 
 from api.routes.prefixes import ALIASES, HOME
-from shared.config import Settings
 
 PREFIXES = (HOME, *ALIASES)
 
@@ -110,23 +109,17 @@ def test_the_empty_key_clients_send_works_when_no_keys_are_configured(client):
     error_of(client.post("/api/v1/beta/relevance", json=body, headers=empty), 404)
 
 
-def test_api_keys_guard_every_prefix(redis_server, models_file):
-    from api.app import create_app
-
-    app = create_app(Settings(redis_url=redis_server.url, models_file=models_file, api_keys=("a", "b")))
-    client = app.test_client()
+def test_api_keys_guard_every_prefix(make_app, redis_db):
+    client = make_app(redis_db.url, api_keys=("a", "b")).test_client()
     body = {"model": "nope", "query": "q", "documents": ["a"]}
-    try:
-        for prefix in PREFIXES:
-            for key in (None, "EMPTY", "c"):
-                headers = {"Authorization": f"Bearer {key}"} if key else {}
-                error = error_of(client.get(prefix + "/models", headers=headers), 401)
-                assert error["code"] == "invalid_api_key"
-                error_of(client.post(prefix + "/beta/relevance", json=body, headers=headers), 401)
-                error_of(client.post(prefix + "/create_embeddings", json=body, headers=headers), 401)
-            assert client.get(prefix + "/models", headers={"Authorization": "Bearer b"}).status_code == 200
-            key_a = {"Authorization": "Bearer a"}
-            response = client.post(prefix + "/beta/relevance", json=body, headers=key_a)
-            error_of(response, 404)
-    finally:
-        app.extensions["modelyard"].router.stop()
+    for prefix in PREFIXES:
+        for key in (None, "EMPTY", "c"):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            error = error_of(client.get(prefix + "/models", headers=headers), 401)
+            assert error["code"] == "invalid_api_key"
+            error_of(client.post(prefix + "/beta/relevance", json=body, headers=headers), 401)
+            error_of(client.post(prefix + "/create_embeddings", json=body, headers=headers), 401)
+        assert client.get(prefix + "/models", headers={"Authorization": "Bearer b"}).status_code == 200
+        key_a = {"Authorization": "Bearer a"}
+        response = client.post(prefix + "/beta/relevance", json=body, headers=key_a)
+        error_of(response, 404)

@@ -74,7 +74,9 @@ def test_model_without_live_worker_is_503_at_once(client):
         (chat_body(repetition_penalty=0), "repetition_penalty"),
         (chat_body(stop_token_ids=[-1]), "stop_token_ids.0"),
         (chat_body(echo=True), "echo"),
-        (chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+        (chat_body(tools=[{"type": "function", "function": {"name": "no spaces"}}]), "tools.0.function.name"),
+        (chat_body(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="x"), "tool_choice"),
+        (chat_body(functions=[{"name": "f"}]), "functions"),
     ],
 )
 def test_invalid_chat_bodies_name_the_parameter(client, body, param):
@@ -115,32 +117,21 @@ def test_routes_and_methods(client):
     error_of(client.get(CHAT), 405)
 
 
-def test_body_size_limit_is_413(redis_server, models_file):
-    from api.app import create_app
-
-    app = create_app(Settings(redis_url=redis_server.url, models_file=models_file, max_body_bytes=1000))
-    try:
-        response = app.test_client().post(
-            CHAT, json=chat_body(messages=[{"role": "user", "content": "x" * 5000}])
-        )
-        error_of(response, 413)
-    finally:
-        app.extensions["modelyard"].close()
+def test_body_size_limit_is_413(make_app, redis_db):
+    app = make_app(redis_db.url, max_body_bytes=1000)
+    response = app.test_client().post(
+        CHAT, json=chat_body(messages=[{"role": "user", "content": "x" * 5000}])
+    )
+    error_of(response, 413)
 
 
-def test_api_keys(redis_server, models_file):
-    from api.app import create_app
-
-    app = create_app(Settings(redis_url=redis_server.url, models_file=models_file, api_keys=("k1", "k2")))
-    client = app.test_client()
-    try:
-        assert error_of(client.get("/v1/models"), 401)["type"] == "authentication_error"
-        error_of(client.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401)
-        error_of(client.get("/v1/models", headers={"Authorization": "Basic k1"}), 401)
-        assert client.get("/v1/models", headers={"Authorization": "Bearer k2"}).status_code == 200
-        assert client.get("/health").status_code == 200
-    finally:
-        app.extensions["modelyard"].close()
+def test_api_keys(make_app, redis_db):
+    client = make_app(redis_db.url, api_keys=("k1", "k2")).test_client()
+    assert error_of(client.get("/v1/models"), 401)["type"] == "authentication_error"
+    error_of(client.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401)
+    error_of(client.get("/v1/models", headers={"Authorization": "Basic k1"}), 401)
+    assert client.get("/v1/models", headers={"Authorization": "Bearer k2"}).status_code == 200
+    assert client.get("/health").status_code == 200
 
 
 def test_health_reports_redis_down(models_file):

@@ -2,17 +2,20 @@
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import now, utcformat
 
 from api.app import create_app
 from api.observe import endpoint_label
 from shared import keys
 from shared.config import Settings
+from shared.status import ENGINE_STATS, GenerationStats, PoolingStats, WorkerStatus
 
 CHAT = "/v1/chat/completions"
 
@@ -62,25 +65,22 @@ def test_requests_are_counted_by_endpoint_model_and_status(client):
     assert value(samples, count, endpoint=CHAT, model="ghost") == 1
 
 
-def test_each_app_has_its_own_registry(client, redis_server, models_file):
+def test_each_app_has_its_own_registry(client, make_app, redis_db):
     request(client, "POST", CHAT, json=chat_body("ghost"))
-    other = create_app(Settings(redis_url=redis_server.url, models_file=models_file))
-    try:
-        samples = scrape(other.test_client())
-        assert value(samples, "modelyard_requests_total", endpoint=CHAT, model="ghost", status="503") is None
-        assert value(samples, "modelyard_requests_total", endpoint="/metrics", model="", status="200") is None
-    finally:
-        other.extensions["modelyard"].close()
+    samples = scrape(make_app(redis_db.url).test_client())
+    assert value(samples, "modelyard_requests_total", endpoint=CHAT, model="ghost", status="503") is None
+    assert value(samples, "modelyard_requests_total", endpoint="/metrics", model="", status="200") is None
 
 
-def test_queue_depth_and_oldest_job_age_come_from_rq(client, redis_server):
+def test_queue_depth_and_oldest_job_age_come_from_rq(client, redis_db):
     # Nothing serves "ghost": jobs put on its queue stay there.
-    queue = Queue(keys.queue_name("ghost"), connection=redis_server.client(), serializer=JSONSerializer)
+    queue = Queue(keys.queue_name("ghost"), connection=redis_db.client(), serializer=JSONSerializer)
     assert queue.key == keys.rq_queue_key("ghost")
     assert keys.RQ_JOB_PREFIX == Job.redis_job_namespace_prefix
     try:
-        queue.enqueue(keys.JOB_FUNCTION, payload={}, job_id="metrics-old")
-        time.sleep(1.1)
+        old = queue.enqueue(keys.JOB_FUNCTION, payload={}, job_id="metrics-old")
+        # Enqueued 5 s ago, by rq's own enqueued_at: moved back instead of waited for.
+        redis_db.client().hset(old.key, "enqueued_at", utcformat(now() - timedelta(seconds=5)))
         queue.enqueue(keys.JOB_FUNCTION, payload={}, job_id="metrics-new")
         samples = scrape(client)
         assert value(samples, "modelyard_queue_depth", model="ghost") == 2
@@ -88,7 +88,7 @@ def test_queue_depth_and_oldest_job_age_come_from_rq(client, redis_server):
         assert value(samples, "modelyard_queue_depth", model="tiny-reranker") is not None
         assert value(samples, "modelyard_redis_up") == 1
         # The oldest job's hash expired (rq leaves its id in the list): the next one's age counts.
-        redis_server.client().delete(keys.RQ_JOB_PREFIX + "metrics-old")
+        redis_db.client().delete(keys.RQ_JOB_PREFIX + "metrics-old")
         age = value(scrape(client), "modelyard_queue_oldest_job_age_seconds", model="ghost")
         assert 0 <= age < 1.0
     finally:
@@ -96,47 +96,94 @@ def test_queue_depth_and_oldest_job_age_come_from_rq(client, redis_server):
     assert value(scrape(client), "modelyard_queue_oldest_job_age_seconds", model="ghost") == 0
 
 
-def test_fleet_figures_come_from_worker_heartbeats(client, redis_server):
-    r = redis_server.client()
-    worker = "metrics-test-worker"
-    status = {
-        "id": worker,
-        "models": ["ghost"],
-        "slots": {"ghost": 4},
-        "busy": 1,
-        "engines": {
-            "ghost": {
-                "tokens_generated": 42,
-                "steps": 10,
-                "last_batch_size": 3,
-                "jobs_done": 5,
-                "jobs_failed": 1,
-                "something_new": 7,
-            }
-        },
-    }
-    try:
-        r.set(keys.worker_key(worker), json.dumps(status), ex=30)
+def heartbeat_status(worker: str, **engines: GenerationStats | PoolingStats) -> WorkerStatus:
+    now = time.time()
+    return WorkerStatus(
+        id=worker,
+        host="test-host",
+        pid=1,
+        models=["ghost"],
+        started_at=now,
+        beat_at=now,
+        slots={"ghost": 4},
+        busy=1,
+        running=[],
+        engines=engines,
+    )
+
+
+@pytest.fixture
+def beating(redis_db):
+    """Writes worker statuses as heartbeats of ``ghost`` workers; removes them afterwards."""
+    r = redis_db.client()
+    written = []
+
+    def write(worker: str, raw: str) -> None:
+        written.append(worker)
+        r.set(keys.worker_key(worker), raw, ex=30)
         r.zadd(keys.model_workers_key("ghost"), {worker: time.time() + 30})
-        samples = scrape(client)
-        labels = {"model": "ghost", "worker": worker}
-        assert value(samples, "modelyard_model_workers", model="ghost") == 1
-        assert value(samples, "modelyard_worker_tokens_generated_total", **labels) == 42
-        assert value(samples, "modelyard_worker_steps_total", **labels) == 10
-        assert value(samples, "modelyard_worker_jobs_done_total", **labels) == 5
-        assert value(samples, "modelyard_worker_jobs_failed_total", **labels) == 1
-        assert value(samples, "modelyard_worker_last_batch_size", **labels) == 3
-        assert value(samples, "modelyard_worker_slots", **labels) == 4
-        assert value(samples, "modelyard_worker_busy_slots", worker=worker) == 1
-        assert not any("something_new" in name for name, _ in samples)
-    finally:
+
+    yield write
+    for worker in written:
         r.delete(keys.worker_key(worker))
         r.zrem(keys.model_workers_key("ghost"), worker)
+
+
+def test_fleet_figures_come_from_worker_heartbeats(client, beating):
+    worker = "metrics-test-worker"
+    stats = GenerationStats(tokens_generated=42, steps=10, last_batch_size=3, jobs_done=5, jobs_failed=1)
+    raw = json.loads(heartbeat_status(worker, ghost=stats).encode())
+    raw["engines"]["ghost"]["something_new"] = 7  # a newer worker's counter: ignored, not refused
+    beating(worker, json.dumps(raw))
+    samples = scrape(client)
+    labels = {"model": "ghost", "worker": worker}
+    assert value(samples, "modelyard_model_workers", model="ghost") == 1
+    assert value(samples, "modelyard_worker_tokens_generated_total", **labels) == 42
+    assert value(samples, "modelyard_worker_steps_total", **labels) == 10
+    assert value(samples, "modelyard_worker_jobs_done_total", **labels) == 5
+    assert value(samples, "modelyard_worker_jobs_failed_total", **labels) == 1
+    assert value(samples, "modelyard_worker_last_batch_size", **labels) == 3
+    assert value(samples, "modelyard_worker_slots", **labels) == 4
+    assert value(samples, "modelyard_worker_busy_slots", worker=worker) == 1
+    assert not any("something_new" in name for name, _ in samples)
+
+
+def test_a_worker_leaves_the_metrics_when_its_heartbeat_goes(client, redis_db, beating):
+    worker = "metrics-gone-worker"
+    beating(worker, heartbeat_status(worker, ghost=GenerationStats()).encode())
+    assert value(scrape(client), "modelyard_model_workers", model="ghost") == 1
+    redis_db.client().delete(keys.worker_key(worker))
+    redis_db.client().zrem(keys.model_workers_key("ghost"), worker)
     assert value(scrape(client), "modelyard_model_workers", model="ghost") == 0
 
 
+@pytest.mark.parametrize("stats_model", ENGINE_STATS)
+def test_every_engine_counter_is_exported(client, beating, stats_model):
+    """The metric families come from the stats models: no counter is left out (as
+    ``cache_tokens_reserved`` and ``last_batch_passes`` once were)."""
+    worker = f"metrics-{stats_model.__name__}"
+    fields = stats_model.metric_fields()
+    stats = stats_model(**{name: number for number, name in enumerate(fields, 1)})
+    beating(worker, heartbeat_status(worker, ghost=stats).encode())
+    samples = scrape(client)
+    for number, (name, (kind, _)) in enumerate(fields.items(), 1):
+        metric = f"modelyard_worker_{name}" + ("_total" if kind == "counter" else "")
+        assert value(samples, metric, model="ghost", worker=worker) == number, metric
+
+
+def test_an_unreadable_worker_status_is_skipped(client, beating):
+    beating("metrics-garbage-worker", '{"id": "metrics-garbage-worker", "slots": 4}')
+    beating(
+        "metrics-good-worker", heartbeat_status("metrics-good-worker", ghost=PoolingStats(batches=2)).encode()
+    )
+    samples = scrape(client)
+    assert value(samples, "modelyard_model_workers", model="ghost") == 2
+    assert value(samples, "modelyard_worker_batches_total", model="ghost", worker="metrics-good-worker") == 2
+    assert not any(("worker", "metrics-garbage-worker") in labels for _, labels in samples)
+
+
 def test_metrics_answer_while_redis_is_down(models_file):
-    from tests.support import free_port
+    from harness import free_port
 
     app = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", models_file=models_file))
     try:

@@ -4,7 +4,7 @@ import signal
 
 import openai
 
-from tests.support import start_api
+from harness import start_api
 
 SPARE = "tiny-chat-spare"
 

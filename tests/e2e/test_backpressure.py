@@ -1,5 +1,6 @@
 """A full queue answers 429 with Retry-After; jobs can be inspected and cancelled through /v1/jobs."""
 
+import json
 import threading
 import time
 
@@ -9,7 +10,8 @@ from rq import Queue
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from tests.support import wait_until
+from harness import wait_until
+from shared import keys
 
 SPARE = "tiny-chat-spare"  # two slots and max_queue 3 in the test models file
 LONG = {"model": SPARE, "messages": [{"role": "user", "content": "go"}], "max_tokens": 1800, "temperature": 0}
@@ -18,8 +20,8 @@ LONG = {"model": SPARE, "messages": [{"role": "user", "content": "go"}], "max_to
 def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api_server, redis_server):
     worker = start_worker(SPARE)
     redis = redis_server.client()
-    queue = Queue(SPARE, connection=redis, serializer=JSONSerializer)
-    started = StartedJobRegistry(SPARE, connection=redis, serializer=JSONSerializer)
+    queue = Queue(keys.queue_name(SPARE), connection=redis, serializer=JSONSerializer)
+    started = StartedJobRegistry(keys.queue_name(SPARE), connection=redis, serializer=JSONSerializer)
     answers: list[requests.Response] = []
 
     def call() -> None:
@@ -85,31 +87,43 @@ def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api
 
 def test_a_queued_stream_reports_its_position_until_the_first_token(start_worker, api_server, redis_server):
     worker = start_worker(SPARE)
-    started = StartedJobRegistry(SPARE, connection=redis_server.client(), serializer=JSONSerializer)
+    conn = redis_server.client()
+    started = StartedJobRegistry(keys.queue_name(SPARE), connection=conn, serializer=JSONSerializer)
+    queue = Queue(keys.queue_name(SPARE), connection=conn, serializer=JSONSerializer)
+    # Both slots busy and one more long job queued ahead: the stream waits for at least one whole long
+    # job, more than the two keep-alive ticks it is asserted to report.
     busy = [
         threading.Thread(
             target=requests.post,
             args=(api_server.url + "/v1/chat/completions",),
             kwargs={"json": LONG, "timeout": 120},
         )
-        for _ in range(2)
+        for _ in range(3)
     ]
     try:
         for thread in busy:
             thread.start()
-        wait_until(lambda: len(started.get_job_ids(cleanup=False)) == 2, 10, "both slots to be busy")
+        wait_until(
+            lambda: len(started.get_job_ids(cleanup=False)) == 2 and queue.count == 1,
+            10,
+            "both slots busy and one job queued",
+        )
         body = {**LONG, "max_tokens": 5, "stream": True}
         with requests.post(api_server.url + "/v1/chat/completions", json=body, stream=True, timeout=60) as r:
             assert r.status_code == 200
             lines = r.iter_lines(decode_unicode=True)
-            comments = []
+            positions, opening = [], []
             for line in lines:
-                if line.startswith(": queued"):
-                    comments.append(line)
-                    if len(comments) == 2:
+                if line.startswith("data:"):
+                    opening.append(json.loads(line.removeprefix("data:")))
+                elif line.startswith(": queued position="):
+                    positions.append(int(line.removeprefix(": queued position=")))
+                    if len(positions) == 2:
                         break
-            assert comments == [": queued position=0"] * 2
-            for job_id in started.get_job_ids(cleanup=False):  # free a slot: the stream starts
+            assert set(positions) <= {0, 1} and positions == sorted(positions, reverse=True)
+            ours = opening[0]["id"].removeprefix("chatcmpl-")
+            ahead = {*queue.get_job_ids(), *started.get_job_ids(cleanup=False)} - {ours}
+            for job_id in ahead:  # free the slots: the stream starts
                 requests.delete(f"{api_server.url}/v1/jobs/{job_id}", timeout=5)
             rest = [line for line in lines if line.startswith("data:")]
             assert rest[-1] == "data: [DONE]" and any('"content"' in line for line in rest)

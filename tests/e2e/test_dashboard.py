@@ -5,8 +5,8 @@ import subprocess
 import pytest
 import requests
 
+from harness import REPO, free_port, stop_process, wait_until
 from tests.e2e.test_worker_lifecycle import PROMPT, SPARE
-from tests.support import REPO, free_port, stop_process, wait_until
 
 
 @pytest.fixture
@@ -49,14 +49,17 @@ def test_rq_dashboard_lists_model_queues_and_workers(api_server, dashboard, sdk)
     sdk.post("/rerank", body={"model": "tiny-reranker", "query": "q", "documents": ["d"]}, cast_to=object)
     url = dashboard
     queues = {q["name"]: q for q in requests.get(url + "/0/data/queues.json", timeout=5).json()["queues"]}
-    assert {"tiny-chat", "minilm", "tiny-reranker"} <= set(queues)
+    # Each model's queue carries the deployment's key prefix (the suite runs with the default).
+    assert {"modelyard:tiny-chat", "modelyard:minilm", "modelyard:tiny-reranker"} <= set(queues)
     workers = requests.get(url + "/0/data/workers.json", timeout=5).json()["workers"]
     names = [w["name"] for w in workers]
     # One rq worker per slot: the session worker registers max_batch_size slots per model.
     assert sum(".tiny-chat." in n for n in names) == 4
     assert sum(".minilm." in n for n in names) == 4
     assert all(w["state"] in ("idle", "busy") for w in workers)
-    finished = requests.get(url + "/0/data/jobs/minilm/finished/8/asc/1.json", timeout=5)
+    # Newest first ("dsc" in rq-dashboard's URLs; "desc" means oldest first): the hashes of jobs
+    # older than MODELYARD_JOB_RETENTION_S are gone already.
+    finished = requests.get(url + "/0/data/jobs/modelyard:minilm/finished/8/dsc/1.json", timeout=5)
     assert finished.status_code == 200 and finished.json()["jobs"], finished.text
     page = requests.get(url + "/0/view/workers", timeout=5)
     assert page.status_code == 200

@@ -6,11 +6,13 @@ Configured as the README says for local servers: ``OpenAIEmbeddings`` with
 """
 
 import asyncio
+from typing import Literal
 
 import numpy as np
 import openai
 import pytest
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+from pydantic import BaseModel, Field
 
 MESSAGES = [("system", "Be brief."), ("human", "Tell me about Redis.")]
 TEXTS = ["a cat sits on the mat", "a kitten is on the rug", "stock markets fell today"]
@@ -90,3 +92,43 @@ def test_openai_embeddings(api_server, sdk):
     query = np.array(embeddings.embed_query(TEXTS[2]))
     assert np.allclose(query, expected[2], atol=1e-5)
     assert np.allclose(asyncio.run(embeddings.aembed_documents(TEXTS)), expected, atol=1e-6)
+
+
+class GetWeather(BaseModel):
+    """Weather in a city."""
+
+    city: str = Field(max_length=16)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class Person(BaseModel):
+    """A person, every length bounded so the random model finishes."""
+
+    name: str = Field(pattern=r"^[A-Z][a-z]{1,8}$")
+    age: int = Field(ge=0, le=120)
+
+
+WEATHER = [("human", "What is the weather in Paris?")]
+
+
+@pytest.mark.parametrize("tool_choice", ["GetWeather", "any"])
+def test_chat_openai_bind_tools(api_server, tools_model, tool_choice):
+    llm = chat_model(api_server, model=tools_model, max_tokens=80)
+    llm = llm.bind_tools([GetWeather], tool_choice=tool_choice)
+    message = llm.invoke(WEATHER)
+    (call,) = message.tool_calls[:1]
+    assert call["name"] == "GetWeather" and call["id"].startswith("call_")
+    GetWeather.model_validate(call["args"])
+    merged = None
+    for chunk in llm.stream(WEATHER):
+        merged = chunk if merged is None else merged + chunk
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [
+        (c["name"], c["args"]) for c in message.tool_calls
+    ]
+
+
+def test_chat_openai_with_structured_output(api_server, tools_model):
+    for method in ("json_schema", "function_calling"):
+        llm = chat_model(api_server, model=tools_model, max_tokens=80)
+        person = llm.with_structured_output(Person, method=method).invoke([("human", "Describe someone.")])
+        assert isinstance(person, Person), method

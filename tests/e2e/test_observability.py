@@ -1,13 +1,16 @@
 """/metrics against the real fleet, and JSON logs from bin/api and bin/worker."""
 
 import json
+import socket
 import time
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import start_api, stop_process, wait_until
+from shared import keys
+from tests.e2e.rawhttp import request_bytes
 from tests.e2e.test_worker_lifecycle import SPARE
-from tests.support import start_api, stop_process, wait_until
 
 
 def scrape(api_server) -> dict:
@@ -107,5 +110,37 @@ def test_json_logs_from_the_api_and_the_worker(start_worker, base_env, tmp_path)
         assert any("done in" in m and job_id in m for m in messages)
     finally:
         worker.stop()
+        stop_process(server.proc)
+        log.close()
+
+
+def test_a_client_that_left_is_logged_and_counted_as_cancelled(base_env, redis_server, tmp_path):
+    """499 ``cancelled``, not 504 ``deadline_exceeded``: the client went away, no deadline passed."""
+    env = {**base_env, "MODELYARD_LOG_FORMAT": "json"}
+    server, log = start_api(env, tmp_path / "api.log")
+    r = redis_server.client()
+    r.zadd(keys.model_workers_key("ghost"), {"test-client-left": time.time() + 60})  # ghost jobs queue
+    try:
+        body = {"model": "ghost", "messages": [{"role": "user", "content": "hi"}]}
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(request_bytes(server.url, "POST", "/v1/chat/completions", body))
+            wait_until(lambda: r.llen(keys.rq_queue_key("ghost")) > 0, 10, "the job to be queued")
+        labels = {"endpoint": "/v1/chat/completions", "model": "ghost"}
+
+        def counted(status: str) -> float:
+            return total(scrape(server), "modelyard_requests_total", status=status, **labels)
+
+        wait_until(lambda: counted("499") == 1, 10, "the request to be counted")
+        assert counted("504") == 0
+        wait_until(lambda: r.llen(keys.rq_queue_key("ghost")) == 0, 10, "the job to be taken out")
+        lines = [
+            line
+            for line in json_lines((tmp_path / "api.log").read_text())
+            if line["logger"] == "api.requests" and line.get("path") == "/v1/chat/completions"
+        ]
+        assert [(line["status"], line["error"]) for line in lines] == [(499, "cancelled")]
+    finally:
+        r.zrem(keys.model_workers_key("ghost"), "test-client-left")
         stop_process(server.proc)
         log.close()

@@ -11,7 +11,7 @@ import requests
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tests.support import wait_until
+from harness import wait_until
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about Redis."}]
 

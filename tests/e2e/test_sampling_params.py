@@ -32,7 +32,7 @@ def minilm_tokenizer(models_dir):
 
 def token_id(tokenizer, entry) -> int:
     """The id of a chat logprobs entry's token, from its bytes (tiny-chat is byte-level BPE)."""
-    from workers.models.causal_lm import _byte_level_alphabet
+    from workers.backends.causal_lm import _byte_level_alphabet
 
     chars = {b: c for c, b in _byte_level_alphabet().items()}
     return tokenizer.convert_tokens_to_ids("".join(chars[b] for b in entry.bytes))
@@ -149,11 +149,11 @@ def test_ignore_eos_and_stop_token_ids(sdk, chat_tokenizer):
 
 
 def test_unsupported_parameters_are_still_refused(sdk):
-    with pytest.raises(openai.BadRequestError) as tools:
-        chat(sdk, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    with pytest.raises(openai.BadRequestError) as functions:  # deprecated: tools replace them
+        chat(sdk, extra_body={"functions": [{"name": "f", "parameters": {}}]})
     with pytest.raises(openai.BadRequestError) as echo:
         chat(sdk, extra_body={"echo": True})
-    assert tools.value.code == echo.value.code == "unsupported_parameter"
+    assert functions.value.code == echo.value.code == "unsupported_parameter"
 
 
 # -- seeds ---------------------------------------------------------------------------------------------

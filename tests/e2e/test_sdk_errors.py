@@ -8,7 +8,8 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from tests.support import start_api, stop_process, wait_until
+from harness import start_api, stop_process, wait_until
+from shared import keys
 
 SPARE = "tiny-chat-spare"
 
@@ -70,12 +71,12 @@ def test_deadline_is_504_and_the_job_is_stopped(strict_api, start_worker, redis_
         assert "deadline" in str(streamed.value)
         # Both jobs were stopped on the worker, not left running.
         redis = redis_server.client()
-        started = StartedJobRegistry(SPARE, connection=redis, serializer=JSONSerializer)
+        started = StartedJobRegistry(keys.queue_name(SPARE), connection=redis, serializer=JSONSerializer)
         wait_until(lambda: not started.get_job_ids(cleanup=False), 5, "the jobs to stop")
         # Stopped by the API's cancel (STOPPED) or by the engine's own deadline check (FAILED).
-        ended = FailedJobRegistry(SPARE, connection=redis, serializer=JSONSerializer).get_job_ids(
-            cleanup=False
-        )
+        ended = FailedJobRegistry(
+            keys.queue_name(SPARE), connection=redis, serializer=JSONSerializer
+        ).get_job_ids(cleanup=False)
         assert len(ended) >= 2
         assert {Job.fetch(i, connection=redis, serializer=JSONSerializer).get_status() for i in ended} <= {
             JobStatus.STOPPED,

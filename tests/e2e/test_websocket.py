@@ -6,8 +6,8 @@ import pytest
 from rq.job import JobStatus
 from simple_websocket import Client
 
+from harness import wait_until
 from tests.e2e.test_worker_lifecycle import PROMPT, SPARE, engine_stats, job_status
-from tests.support import wait_until
 
 DONE = "[DONE]"
 
@@ -94,7 +94,7 @@ def test_errors_are_openai_error_json_and_the_socket_stays_usable(ws, message, c
 def test_auth_applies_to_the_upgrade(base_env, tmp_path):
     from simple_websocket.errors import ConnectionError as WsConnectionError
 
-    from tests.support import start_api, stop_process
+    from harness import start_api, stop_process
 
     server, log = start_api({**base_env, "MODELYARD_API_KEYS": "sekret"}, tmp_path / "api.log")
     url = server.url.replace("http://", "ws://") + "/v1/ws"

@@ -8,25 +8,35 @@ import time
 
 import openai
 import pytest
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from tests.support import HEARTBEAT_TTL, wait_until
+from harness import wait_until
+from shared import keys
+from tests.settings import HEARTBEAT_TTL
 
 SPARE = "tiny-chat-spare"
 PROMPT = [{"role": "user", "content": "Write a long story."}]
 
 
 def started_jobs(redis_server) -> list[str]:
-    registry = StartedJobRegistry(SPARE, connection=redis_server.client(), serializer=JSONSerializer)
+    registry = StartedJobRegistry(
+        keys.queue_name(SPARE), connection=redis_server.client(), serializer=JSONSerializer
+    )
     return registry.get_job_ids(cleanup=False)
 
 
 def pid_running(redis_server, job_id: str) -> int:
-    """The pid of the worker process whose slot runs ``job_id``."""
+    """The pid of the worker process whose slot runs ``job_id`` (as the slot recorded it)."""
     client = redis_server.client()
-    worker_id = client.hget(f"rq:job:{job_id}", "worker_name").decode().split(".", 1)[0]
-    return json.loads(client.get(f"modelyard:worker:{worker_id}"))["pid"]
+
+    def worker_id() -> str | None:
+        return keys.job_worker_id(Job.fetch(job_id, connection=client, serializer=JSONSerializer).meta)
+
+    # rq lists a job as started a moment before the slot marks it started with its record.
+    wait_until(worker_id, 5, "the job's worker record")
+    return json.loads(client.get(keys.worker_key(worker_id())))["pid"]
 
 
 def kill(worker) -> None:
@@ -59,7 +69,8 @@ def test_a_job_whose_worker_dies_before_streaming_is_requeued(start_worker, sdk,
         response = outcome["response"]
         assert response.usage.completion_tokens == 600  # the whole answer, from the other worker
         assert response.id == f"chatcmpl-{job_id}"
-        assert not started_jobs(redis_server)
+        # The answer goes out over pub/sub before rq files the job as finished.
+        wait_until(lambda: not started_jobs(redis_server), 10, "rq to move the job out of the started registry")
     finally:
         first.stop()
         second.stop()

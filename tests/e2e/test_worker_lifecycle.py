@@ -1,6 +1,5 @@
 """Workers that die, drain or lose their client, seen through the API."""
 
-import json
 import os
 import signal
 import time
@@ -10,7 +9,8 @@ import pytest
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from tests.support import HEARTBEAT_TTL, wait_until
+from harness import wait_until
+from tests.settings import HEARTBEAT_TTL
 
 SPARE = "tiny-chat-spare"
 PROMPT = [{"role": "user", "content": "Write a long story."}]
@@ -23,15 +23,17 @@ def listed(sdk) -> set[str]:
 def engine_stats(redis_server, worker) -> dict:
     """The spare engine's counters from a heartbeat sent after this call (the last one may be stale)."""
     asked = time.time()
-    client = redis_server.client()
-    deadline = asked + 5
-    while time.time() < deadline:
-        for key in client.scan_iter(match="modelyard:worker:*"):
-            status = json.loads(client.get(key) or "{}")
-            if status.get("pid") == worker.pid and status["beat_at"] > asked:
-                return status["engines"][SPARE]
-        time.sleep(0.05)
-    raise AssertionError(f"no fresh heartbeat from worker {worker.pid}")
+    fresh: dict = {}
+
+    def beat() -> bool:
+        status = worker.status(redis_server)
+        if status is None or status["beat_at"] <= asked:
+            return False
+        fresh.update(status["engines"][SPARE])
+        return True
+
+    wait_until(beat, 5, f"a fresh heartbeat from worker {worker.pid}")
+    return fresh
 
 
 def job_status(redis_server, job_id: str) -> JobStatus:
@@ -138,7 +140,9 @@ def test_a_rolling_restart_under_load_drops_no_request(start_worker, sdk):
             old.proc.send_signal(signal.SIGTERM)
             assert old.proc.wait(60) == 0
             workers[i] = start_worker(SPARE)
-        time.sleep(1)
+        # Until the fresh workers have served some of the load too.
+        served = len(outcomes)
+        wait_until(lambda: len(outcomes) >= served + 6, 60, "requests after the restarts")
     finally:
         stop.set()
         for client in clients:

@@ -6,12 +6,10 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Protocol
 
-from shared.errors import InternalError, ModelyardError
+from shared.errors import Cancelled, DeadlineExceeded, InternalError, ModelyardError
 from shared.events import DeltaEvent
-from shared.jobs import EmbedJob, EmbedResult, GenerateJob, GenerateResult, RerankJob, RerankResult
-
-AnyJob = GenerateJob | EmbedJob | RerankJob
-AnyResult = GenerateResult | EmbedResult | RerankResult
+from shared.jobs import AnyJob, AnyResult
+from shared.status import EngineStats, ModelCard
 
 
 class EventSink(Protocol):
@@ -75,8 +73,12 @@ class Engine(ABC):
         """Queue a job for the next batch; never blocks on the model."""
 
     @abstractmethod
-    def stats(self) -> dict[str, int]:
-        """Counters (batches, batch sizes, tokens) reported in the worker's heartbeat."""
+    def stats(self) -> EngineStats:
+        """A snapshot of its counters (batches, batch sizes, tokens), reported in the worker's heartbeat."""
+
+    def card(self) -> ModelCard:
+        """What the model can do, for ``/v1/models`` (the worker adds the checkpoint's time)."""
+        return ModelCard()
 
     @property
     def alive(self) -> bool:
@@ -88,3 +90,15 @@ class Engine(ABC):
     @abstractmethod
     def active(self) -> int:
         """Jobs submitted and not yet done."""
+
+
+def count_outcome(stats: EngineStats, error: ModelyardError | None) -> None:
+    """Count a job that ended with ``error`` (None: it succeeded) in the counter of its outcome."""
+    if error is None:
+        stats.jobs_done += 1
+    elif isinstance(error, Cancelled):
+        stats.jobs_cancelled += 1
+    elif isinstance(error, DeadlineExceeded):
+        stats.jobs_expired += 1
+    else:
+        stats.jobs_failed += 1

@@ -2,11 +2,11 @@
 
 import pytest
 
+from shared.catalog import ModelCatalog, ModelKind, ModelsFileError
 from shared.config import Settings
 from shared.errors import DeadlineExceeded, InvalidRequest, RateLimited, error_for_status
 from shared.events import ChoiceDelta, DeltaEvent, DoneEvent, ErrorEvent, decode_event, encode_event
 from shared.jobs import BadMessage, Choice, GenerateResult, Usage, decode_job
-from shared.models import ModelCatalog, ModelKind, ModelsFileError
 
 
 def test_events_round_trip():

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from shared.catalog import ModelKind, ModelSpec
 from shared.errors import Cancelled, DeadlineExceeded, InternalError, InvalidRequest, ServiceUnavailable
 from shared.events import DeltaEvent
 from shared.jobs import ChatMessage, GenerateJob, GenerateResult, SamplingParams
-from shared.models import ModelKind, ModelSpec
+from workers.backends.fake_lm import FakeLM
 from workers.engines.base import Ticket
-from workers.engines.generation import GenerationEngine, _Detokenizer
-from workers.models.fake_lm import FakeLM
+from workers.engines.generation import GenerationEngine
+from workers.engines.generation.text import Detokenizer
 
 WAIT_S = 20.0
 
@@ -120,22 +122,22 @@ def test_second_job_joins_running_batch_and_leaves_first(run_engine) -> None:
     lm = FakeLM(step_delay=0.004)
     engine = run_engine(lm)
     long = submit(engine, make_job(prompt="abcdefg", max_tokens=300))
-    wait_for(lambda: engine.stats()["steps"] >= 5)
+    wait_for(lambda: engine.stats().steps >= 5)
     short = submit(engine, make_job(prompt="xyz", max_tokens=6))
 
     assert outcome(short).choices[0].text == "xyzxyz"
     assert not long.done, "the short job waited for the long one"
-    assert engine.stats()["max_running_seen"] == 2
+    assert engine.stats().max_running_seen == 2
     steps = [rows for kind, rows in lm.calls if kind == "step"]
     joined = steps.index(2)
     assert steps[joined:].count(2) == 5  # one token from prefill, five decode steps together
-    wait_for(lambda: engine.stats()["last_batch_size"] == 1)  # the short one left the batch
+    wait_for(lambda: engine.stats().last_batch_size == 1)  # the short one left the batch
 
     result = outcome(long)
     assert result.choices[0].text == ("abcdefg" * 50)[:300]
-    assert engine.stats()["busy_ms"] >= 250 * 4  # ~300 decode steps of at least 4 ms each
+    assert engine.stats().busy_ms >= 250 * 4  # ~300 decode steps of at least 4 ms each
     assert result.choices[0].finish_reason == "length"
-    assert engine.stats()["running"] == 0
+    assert engine.stats().running == 0
 
 
 def test_running_sequences_are_capped_and_n_choices_have_distinct_indexes(run_engine) -> None:
@@ -145,7 +147,7 @@ def test_running_sequences_are_capped_and_n_choices_have_distinct_indexes(run_en
 
     assert [c.index for c in result.choices] == list(range(6))
     assert len({c.text for c in result.choices}) == 6  # seed + j: each choice samples its own text
-    assert engine.stats()["max_running_seen"] == 4
+    assert engine.stats().max_running_seen == 4
     assert result.usage.prompt_tokens == 5 and result.usage.completion_tokens == 6 * 20
     assert [rows for kind, rows in lm.calls if kind == "prefill"] == [1, 1]  # the prompt runs once per batch
 
@@ -167,13 +169,13 @@ def test_unjoinable_cache_runs_new_jobs_only_on_an_empty_batch(run_engine) -> No
     lm = FakeLM(step_delay=0.002, joinable=False)
     engine = run_engine(lm)
     first = submit(engine, make_job(prompt="abc", max_tokens=40))
-    wait_for(lambda: engine.stats()["steps"] >= 3)
+    wait_for(lambda: engine.stats().steps >= 3)
     second = submit(engine, make_job(prompt="xyz", max_tokens=5))
 
     assert outcome(second).choices[0].text == "xyzxy"
     assert first.done  # it could not join, so it ran after the first
     assert outcome(first).choices[0].text == ("abc" * 14)[:40]
-    assert engine.stats()["max_running_seen"] == 1
+    assert engine.stats().max_running_seen == 1
 
 
 def test_cache_budget_holds_a_job_back_until_it_fits_in_fifo_order(run_engine) -> None:
@@ -185,9 +187,9 @@ def test_cache_budget_holds_a_job_back_until_it_fits_in_fifo_order(run_engine) -
     second = submit(engine, make_job(prompt="xyz", max_tokens=60))
     third = submit(engine, make_job(prompt="ab", max_tokens=10))
     fourth = submit(engine, make_job(prompt="q", max_tokens=2))
-    wait_for(lambda: engine.stats()["running"] == 2 and engine.stats()["waiting"] == 2)
+    wait_for(lambda: engine.stats().running == 2 and engine.stats().waiting == 2)
     stats = engine.stats()
-    assert stats["cache_tokens_reserved"] == 23 + 63
+    assert stats.cache_tokens_reserved == 23 + 63
     assert not first.done and not third.done and not fourth.done
 
     assert outcome(first).choices[0].text == ("abc" * 7)[:20]
@@ -195,9 +197,9 @@ def test_cache_budget_holds_a_job_back_until_it_fits_in_fifo_order(run_engine) -
     assert outcome(fourth).choices[0].text == "qq"
     assert not second.done, "the third job waited for the second one"
     assert outcome(second).choices[0].text == ("xyz" * 20)[:60]
-    assert engine.stats()["max_running_seen"] == 3
+    assert engine.stats().max_running_seen == 3
     assert max(rows for kind, rows in lm.calls if kind == "step") == 3
-    assert engine.stats()["cache_tokens_reserved"] == 0
+    assert engine.stats().cache_tokens_reserved == 0
 
 
 def test_sequence_over_the_cache_budget_runs_alone(run_engine) -> None:
@@ -207,7 +209,7 @@ def test_sequence_over_the_cache_budget_runs_alone(run_engine) -> None:
     result = outcome(submit(engine, make_job(prompt="abc", n=2, max_tokens=20)))
 
     assert [c.text for c in result.choices] == [("abc" * 7)[:20]] * 2
-    assert engine.stats()["max_running_seen"] == 1
+    assert engine.stats().max_running_seen == 1
     assert [rows for kind, rows in lm.calls if kind == "prefill"] == [1, 1]
 
 
@@ -235,6 +237,174 @@ def test_top_p_near_zero_is_greedy(run_engine) -> None:
     assert result.choices[0].text == "abcdabcdabcd"
 
 
+# -- one job cannot hold the model -------------------------------------------------------------------
+
+
+def first_prefill_after(lm: FakeLM, mark: int) -> tuple[int, int]:
+    """(decode steps before it, its index in ``lm.calls``) for the first prefill after ``lm.calls[mark]``."""
+    calls = lm.calls[mark:]
+    first = next(i for i, (kind, _) in enumerate(calls) if kind == "prefill")
+    return sum(kind == "step" for kind, _ in calls[:first]), mark + first
+
+
+def test_a_small_job_behind_two_huge_ones_starts_on_the_next_step(run_engine) -> None:
+    def small_job() -> GenerateJob:
+        return make_job(prompt="é🙂", max_tokens=4, temperature=1.0, seed=8)
+
+    alone = outcome(submit(run_engine(FakeLM(peak=1.0)), small_job())).choices[0].text
+    lm = FakeLM(peak=1.0, step_delay=0.002)
+    engine = run_engine(lm)  # 4 slots, 16 rows: one kept free for each slot without a job
+    cancel = threading.Event()
+    # Two jobs at the cap (2 prompts x n=128), whose choices all outlast the test.
+    hog = engine.submit(make_job(prompt=["abc", "Hello"], n=128, max_tokens=400), cancel)
+    wait_for(lambda: engine.stats().running == 13)
+    second = engine.submit(make_job(prompt=["xyz", "pq"], n=128, max_tokens=400), cancel)
+    wait_for(lambda: engine.stats().running == 14)
+    mark = len(lm.calls)
+    small = submit(engine, small_job())
+
+    result = outcome(small)
+    steps_before, at = first_prefill_after(lm, mark)
+    assert steps_before <= 2, f"the small job waited {steps_before} decode steps"
+    assert lm.calls[at] == ("prefill", 1)
+    assert [rows for _, rows in lm.calls[at + 1 : at + 4]] == [15, 15, 15]  # it decoded beside both
+    assert not hog.done and not second.done
+    assert engine.stats().waiting == 2 * 256 - 14
+    assert result.choices[0].text == alone  # a seeded choice samples the same text beside the hogs
+    cancel.set()
+    for ticket in (hog, second):
+        assert ticket.wait(WAIT_S)
+        with pytest.raises(Cancelled):
+            ticket.outcome()
+
+
+def test_rows_go_to_the_job_that_runs_fewest_and_the_cache_budget_holds(run_engine) -> None:
+    lm = FakeLM(step_delay=0.001)
+    # One slot (4 rows, none kept back), and room in the cache for three of these choices.
+    engine = run_engine(lm, max_batch_size=1, max_cache_tokens=3 * (3 + 20))
+    big = submit(engine, make_job(prompt="abc", n=12, max_tokens=20))
+    wait_for(lambda: engine.stats().running == 3)
+    other = submit(engine, make_job(prompt="xyz", n=2, max_tokens=20))
+
+    assert [c.text for c in outcome(other).choices] == [("xyz" * 7)[:20]] * 2
+    assert not big.done, "the other job's choices waited for all of the big one's"
+    assert [c.text for c in outcome(big).choices] == [("abc" * 7)[:20]] * 12
+    assert max(rows for kind, rows in lm.calls if kind == "step") == 3
+    assert engine.stats().cache_tokens_reserved == 0
+
+
+def test_a_job_over_its_models_sequence_cap_is_refused(run_engine) -> None:
+    engine = run_engine(FakeLM(), max_sequences_per_request=8)
+    with pytest.raises(InvalidRequest) as too_many_n:
+        submit(engine, make_job(prompt=["a", "b", "c"], n=3))
+    with pytest.raises(InvalidRequest) as too_many_prompts:
+        submit(engine, make_job(prompt=list("abcdefghi")))
+    with pytest.raises(InvalidRequest) as chat:
+        submit(engine, make_job(messages=[ChatMessage(role="user", content="hi")], n=9))
+
+    assert (too_many_n.value.param, too_many_prompts.value.param, chat.value.param) == ("n", "prompt", "n")
+    assert "3 prompts x n=3 = 9 sequences" in too_many_n.value.message
+    assert "at most 8 sequences per request" in chat.value.message
+    assert engine.active == 0
+    at_cap = outcome(submit(engine, make_job(prompt=["ab", "cd"], n=4, max_tokens=2)))
+    assert [c.text for c in at_cap.choices] == ["ab"] * 4 + ["cd"] * 4
+
+
+def test_a_waiting_choice_costs_no_memory_until_it_starts(sink: ListSink) -> None:
+    engine = GenerationEngine(FakeLM(), spec(), sink)  # not started: every choice waits
+    job = make_job(
+        prompt=["abc", "Hello"],
+        n=128,
+        max_tokens=16,
+        temperature=1.0,
+        seed=1,
+        repetition_penalty=1.1,
+        stop=["x"],
+    )
+    tracemalloc.start()
+    try:
+        ticket = submit(engine, job)
+        allocated, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Per-choice samplers, detokenizers and stop matchers made at submit took 256 KiB here.
+    assert allocated < 32 * 1024, f"submitting 256 choices allocated {allocated} bytes"
+    assert engine.stats().waiting == 0  # not taken in yet
+    engine.start()
+    try:
+        result = outcome(ticket)
+    finally:
+        engine.stop()
+    assert [c.index for c in result.choices] == list(range(256))
+    assert 256 <= result.usage.completion_tokens <= 256 * 16
+
+
+class PoisonLM(FakeLM):
+    """Fails any prefill with a prompt that contains :data:`POISON`, or with more than ``most`` prompts."""
+
+    def __init__(self, most: int | None = None, **kw: object) -> None:
+        super().__init__(**kw)
+        self.most = most
+        self.prefills: list[list[str]] = []
+
+    def prefill(self, prompts):
+        texts = [self.decode(ids) for ids in prompts]
+        self.prefills.append(texts)
+        if any(POISON in text for text in texts) or (self.most is not None and len(texts) > self.most):
+            raise RuntimeError("this prompt breaks the model")
+        return super().prefill(prompts)
+
+
+POISON = "☠"
+
+
+@pytest.mark.parametrize("joinable", [True, False])
+def test_a_prefill_that_fails_fails_only_the_job_whose_prompt_broke_it(
+    sink: ListSink, joinable: bool
+) -> None:
+    lm = PoisonLM(joinable=joinable)
+    engine = GenerationEngine(lm, spec(), sink)
+    jobs = [
+        make_job(prompt="abc", max_tokens=5, stream=True),
+        make_job(prompt=["ok", f"x{POISON}y"], max_tokens=5),
+        make_job(prompt="Hello", n=2, max_tokens=6, temperature=1.0, seed=4),
+        make_job(messages=[ChatMessage(role="user", content="xyz")], max_tokens=3),
+    ]
+    tickets = [submit(engine, job) for job in jobs]
+    engine.start()  # all four jobs share the first prefill
+    try:
+        results = [outcome(tickets[i]) for i in (0, 2, 3)]
+        assert tickets[1].wait(WAIT_S)
+        with pytest.raises(InternalError):
+            tickets[1].outcome()
+    finally:
+        engine.stop()
+
+    assert lm.prefills[0] == ["abc", "ok", "Hello", "xyz", f"x{POISON}y"]  # a choice of each job in turn
+    if joinable:  # then each job alone (an unjoinable cache retries the rest when its batch is empty)
+        assert lm.prefills[1:] == [["abc"], ["ok", f"x{POISON}y"], ["Hello"], ["xyz"]]
+    assert [c.text for c in results[0].choices] == ["abcab"]
+    assert sink.text(jobs[0].job_id) == "abcab"
+    seeded = GenerationEngine(FakeLM(), spec(), sink)  # the retried job samples what it would alone
+    seeded.start()
+    assert [c.text for c in results[1].choices] == [c.text for c in outcome(submit(seeded, jobs[2])).choices]
+    seeded.stop()
+    assert [c.text for c in results[2].choices] == ["xyz"]
+    assert engine.stats().jobs_failed == 1 and engine.stats().jobs_done == 3
+
+
+def test_a_prefill_that_fails_only_when_shared_fails_nobody(sink: ListSink) -> None:
+    lm = PoisonLM(most=1)  # e.g. out of memory for a batch, fine for each prompt alone
+    engine = GenerationEngine(lm, spec(), sink)
+    tickets = [submit(engine, make_job(prompt=p, max_tokens=4)) for p in ("abc", "xyz", "pq")]
+    engine.start()
+    try:
+        assert [outcome(t).choices[0].text for t in tickets] == ["abca", "xyzx", "pqpq"]
+    finally:
+        engine.stop()
+    assert [len(p) for p in lm.prefills] == [3, 1, 1, 1]
+
+
 # -- finishing ----------------------------------------------------------------------------------------
 
 
@@ -250,6 +420,30 @@ def test_max_tokens_eos_and_full_context(run_engine) -> None:
     assert eos.usage.completion_tokens == 3  # the eos token was generated too
     assert (full.choices[0].text, full.choices[0].finish_reason) == ("abc", "length")
     assert full.usage.total_tokens == 10
+
+
+def test_sampling_out_of_its_ranges_is_refused_naming_the_parameter(run_engine) -> None:
+    """SamplingParams validates its ranges as a job is decoded; one built without validation
+    (model_construct, model_copy) is refused by the engine all the same, before it is queued."""
+    engine = run_engine(FakeLM())
+    cases = {
+        "temperature": {"temperature": -1.0},
+        "top_p": {"top_p": 1.5},
+        "top_k": {"top_k": -1},
+        "repetition_penalty": {"repetition_penalty": 0.0},
+        "max_tokens": {"max_tokens": 0},
+        "top_logprobs": {"logprobs": 21},  # the request parameter it comes from
+        "stop": {"stop": ["x"] * 17},
+    }
+    for param, values in cases.items():
+        job = make_job(prompt="ab")
+        job = job.model_copy(update={"sampling": job.sampling.model_copy(update=values)})
+        with pytest.raises(InvalidRequest) as refused:
+            submit(engine, job)
+        assert refused.value.param == param, values
+        assert f"invalid value for {next(iter(values))!r}" in refused.value.message
+    assert engine.active == 0
+    assert outcome(submit(engine, make_job(prompt="ab", max_tokens=2))).choices[0].text == "ab"
 
 
 def test_prompt_that_fills_the_context_is_refused(run_engine) -> None:
@@ -354,7 +548,7 @@ def test_multibyte_characters_are_never_split(run_engine, sink: ListSink) -> Non
 
 def test_detokenizer_window_stays_short() -> None:
     lm = FakeLM()
-    detok = _Detokenizer(lm.decode, lm.encode("ab"))
+    detok = Detokenizer(lm.decode, lm.encode("ab"))
     ids = lm.encode("Hello é🙂 world " * 300)
     text = "".join(detok.add(i) for i in ids) + detok.flush()
     assert text == "Hello é🙂 world " * 300
@@ -379,13 +573,13 @@ def test_cancel_stops_a_long_job_quickly(run_engine) -> None:
     engine = run_engine(lm)
     cancel = threading.Event()
     ticket = engine.submit(make_job(prompt="abc", max_tokens=50_000, stream=True), cancel)
-    wait_for(lambda: engine.stats()["steps"] >= 3)
+    wait_for(lambda: engine.stats().steps >= 3)
     cancel.set()
     assert ticket.wait(2.0)
     with pytest.raises(Cancelled):
         ticket.outcome()
-    wait_for(lambda: engine.stats()["running"] == 0)
-    assert engine.stats()["steps"] < 200
+    wait_for(lambda: engine.stats().running == 0)
+    assert engine.stats().steps < 200
     assert engine.active == 0
 
 
@@ -430,7 +624,7 @@ def test_stop_fails_pending_and_running_jobs(sink: ListSink) -> None:
     engine = GenerationEngine(FakeLM(context_length=100_000, step_delay=0.002), spec(max_batch_size=1), sink)
     engine.start()
     tickets = [submit(engine, make_job(prompt="abc", max_tokens=50_000, n=3)) for _ in range(3)]
-    wait_for(lambda: engine.stats()["steps"] >= 2)
+    wait_for(lambda: engine.stats().steps >= 2)
     engine.stop()
 
     assert not engine.alive
@@ -449,8 +643,8 @@ def test_stop_fails_pending_and_running_jobs(sink: ListSink) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_chat(default_models_dir: Path):
-    from workers.checkpoints import TINY_CHAT
-    from workers.models.causal_lm import CausalLM
+    from bootstrap.checkpoints import TINY_CHAT
+    from workers.backends.causal_lm import CausalLM
 
     model_spec = ModelSpec(name="tiny", kind=ModelKind.CHAT, source=str(default_models_dir / TINY_CHAT))
     return CausalLM.load(model_spec)
@@ -523,7 +717,7 @@ def test_tiny_chat_batched_greedy_equals_alone(tiny_chat, sink: ListSink) -> Non
     tickets = [submit(engine, job) for job in jobs()]
     engine.start()
     together = [outcome(t).choices[0].text for t in tickets]
-    assert engine.stats()["max_running_seen"] == len(PROMPTS)
+    assert engine.stats().max_running_seen == len(PROMPTS)
     engine.stop()
 
     # Staggered: each joins a running batch of a different width, others leave.
@@ -532,9 +726,9 @@ def test_tiny_chat_batched_greedy_equals_alone(tiny_chat, sink: ListSink) -> Non
     tickets = []
     for job in jobs():
         tickets.append(submit(engine, job))
-        wait_for(lambda: engine.stats()["steps"] >= 3 * len(tickets))
+        wait_for(lambda: engine.stats().steps >= 3 * len(tickets))
     staggered = [outcome(t).choices[0].text for t in tickets]
-    assert engine.stats()["max_running_seen"] > 1
+    assert engine.stats().max_running_seen > 1
     engine.stop()
 
     assert len(set(alone)) == len(PROMPTS)
@@ -543,8 +737,8 @@ def test_tiny_chat_batched_greedy_equals_alone(tiny_chat, sink: ListSink) -> Non
 
 
 def test_tiny_chat_limits(default_models_dir: Path, sink: ListSink) -> None:
-    from workers.checkpoints import TINY_CHAT
-    from workers.models.causal_lm import CausalLM
+    from bootstrap.checkpoints import TINY_CHAT
+    from workers.backends.causal_lm import CausalLM
 
     source = str(default_models_dir / TINY_CHAT)
     lm = CausalLM.load(ModelSpec(name="t", kind=ModelKind.CHAT, source=source, context_length=16))
@@ -572,7 +766,7 @@ def test_tiny_chat_limits(default_models_dir: Path, sink: ListSink) -> None:
 def test_sliding_window_cache_batches_without_joining(tiny_chat, sink: ListSink) -> None:
     from transformers import MistralConfig, MistralForCausalLM
 
-    from workers.models.causal_lm import CausalLM
+    from workers.backends.causal_lm import CausalLM
 
     config = MistralConfig(
         vocab_size=len(tiny_chat.tokenizer),
@@ -596,14 +790,14 @@ def test_sliding_window_cache_batches_without_joining(tiny_chat, sink: ListSink)
     engine = GenerationEngine(lm, spec(), sink)
     tickets = [submit(engine, job) for job in jobs()]
     engine.start()
-    wait_for(lambda: engine.stats()["steps"] >= 2)
+    wait_for(lambda: engine.stats().steps >= 2)
     late = submit(engine, make_job(prompt=PROMPTS[3], max_tokens=5))
     together = [outcome(t).choices[0].text for t in tickets]
     assert outcome(late).choices[0].finish_reason == "length"
     engine.stop()
 
     assert together == alone
-    assert engine.stats()["max_running_seen"] == 3  # one padded prefill; the late job ran on its own
+    assert engine.stats().max_running_seen == 3  # one padded prefill; the late job ran on its own
 
 
 def test_kv_batch_pads_joins_and_trims(tiny_chat) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import wait_until
+from shared.catalog import ModelSpec
 from shared.errors import Cancelled, DeadlineExceeded, InternalError, InvalidRequest, ServiceUnavailable
 from shared.jobs import EmbedJob, EmbedResult, GenerateJob, RerankJob, RerankResult
-from shared.models import ModelSpec
+from workers.backends.embedding import Embedder
+from workers.backends.rerank import Reranker
 from workers.engines.base import Ticket
 from workers.engines.pooling import EmbeddingEngine, RerankEngine, plan_passes
-from workers.models.embedding import Embedder
-from workers.models.rerank import Reranker
 
 WAIT = 30.0
 SENTENCES = [
@@ -157,8 +158,8 @@ def test_jobs_submitted_together_share_one_forward_pass(embedder: Embedder, engi
     engine.start()
     a, b = outcome(first), outcome(second)
     stats = engine.stats()
-    assert stats["batches"] == 1 and stats["forward_passes"] == 1
-    assert stats["last_batch_jobs"] == 2 and stats["last_batch_inputs"] == len(SENTENCES)
+    assert stats.batches == 1 and stats.forward_passes == 1
+    assert stats.last_batch_jobs == 2 and stats.last_batch_inputs == len(SENTENCES)
     assert engine.active == 0
     expected = embedder.embed(SENTENCES)
     np.testing.assert_allclose(a.embeddings + b.embeddings, expected, atol=1e-5)
@@ -175,11 +176,10 @@ def test_busy_ms_counts_the_time_spent_running_batches(embedder: Embedder, engin
     engine._forward = slow_forward
     started = time.perf_counter()
     outcome(engine.submit(embed_job(SENTENCES[:2]), threading.Event()))
-    deadline = time.monotonic() + 5
-    while engine.stats()["busy_ms"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)  # the batch's time is added just after its jobs are answered
+    # The batch's time is added just after its jobs are answered.
+    wait_until(lambda: engine.stats().busy_ms > 0, 5, "the batch's busy time", interval=0.01)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    assert 50 <= engine.stats()["busy_ms"] <= elapsed_ms + 1
+    assert 50 <= engine.stats().busy_ms <= elapsed_ms + 1
 
 
 def test_token_budget_splits_forward_passes(embedder: Embedder, engine_factory) -> None:
@@ -187,7 +187,7 @@ def test_token_budget_splits_forward_passes(embedder: Embedder, engine_factory) 
     ticket = engine.submit(embed_job(SENTENCES), threading.Event())
     engine.start()
     result = outcome(ticket)
-    assert engine.stats()["forward_passes"] > 1
+    assert engine.stats().forward_passes > 1
     np.testing.assert_allclose(result.embeddings, embedder.embed(SENTENCES), atol=1e-5)
 
 
@@ -205,8 +205,8 @@ def test_cancelled_and_expired_jobs_are_dropped(embedder: Embedder, engine_facto
         outcome(expired)
     assert len(outcome(live).embeddings) == 1
     stats = engine.stats()
-    assert stats["last_batch_jobs"] == 1 and stats["last_batch_inputs"] == 1
-    assert stats["jobs_cancelled"] == 1 and stats["jobs_expired"] == 1
+    assert stats.last_batch_jobs == 1 and stats.last_batch_inputs == 1
+    assert stats.jobs_cancelled == 1 and stats.jobs_expired == 1
     assert engine.active == 0
 
 
@@ -261,7 +261,7 @@ def test_jobs_arriving_during_a_forward_pass_share_the_next(engine_factory) -> N
     results = [outcome(t) for t in waiting]
     assert [r.embeddings[0][0] for r in results] == [1.0, 2.0, 3.0]
     assert len(fake.calls) == 2 and len(fake.calls[1]) == 6
-    assert engine.stats()["last_batch_jobs"] == 3
+    assert engine.stats().last_batch_jobs == 3
 
 
 def test_model_error_fails_the_batch_and_engine_keeps_running(engine_factory, caplog) -> None:
@@ -318,7 +318,7 @@ def test_rerank_jobs_with_different_queries_share_a_pass(reranker: Reranker, eng
     second = engine.submit(rerank_job("money", ["stocks fell", "a kitten", "bonds"]), threading.Event())
     engine.start()
     a, b = outcome(first), outcome(second)
-    assert engine.stats()["forward_passes"] == 1
+    assert engine.stats().forward_passes == 1
     money_docs = ["stocks fell", "a kitten", "bonds"]
     np.testing.assert_allclose(a.scores, reranker.score("cats", ["a kitten", "a dog"]), atol=1e-5)
     np.testing.assert_allclose(b.scores, reranker.score("money", money_docs), atol=1e-5)

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.catalog import ModelKind, ModelSpec
 from shared.errors import InvalidRequest
 from shared.events import DeltaEvent
 from shared.jobs import GenerateJob, GenerateResult, SamplingParams
-from shared.models import ModelKind, ModelSpec
+from workers.backends.fake_lm import EOS_ID, FakeLM
 from workers.engines import sampling
 from workers.engines.generation import GenerationEngine
 from workers.engines.sampling import SequenceSampler
-from workers.models.fake_lm import EOS_ID, FakeLM
 
 WAIT_S = 20.0
 
@@ -436,7 +436,7 @@ def test_same_seed_same_text_alone_or_among_other_jobs(engine_for) -> None:
     assert target.wait(WAIT_S) and all(t.wait(WAIT_S) for t in tickets)
     together = target.outcome()
     assert isinstance(together, GenerateResult)
-    assert engine.stats()["max_running_seen"] >= 4
+    assert engine.stats().max_running_seen >= 4
     assert [c.text for c in together.choices] == [c.text for c in alone.choices]
     assert alone.choices[0].text != alone.choices[1].text
 
@@ -446,8 +446,8 @@ def test_same_seed_same_text_alone_or_among_other_jobs(engine_for) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_chat(default_models_dir: Path):
-    from workers.checkpoints import TINY_CHAT
-    from workers.models.causal_lm import CausalLM
+    from bootstrap.checkpoints import TINY_CHAT
+    from workers.backends.causal_lm import CausalLM
 
     spec = ModelSpec(name="tiny", kind=ModelKind.CHAT, source=str(default_models_dir / TINY_CHAT))
     return CausalLM.load(spec)

@@ -1,0 +1,103 @@
+"""The llguidance backend: JSON Schema, regex, choice, Lark/GBNF and tag grammars (``workers.constraints``).
+
+Grammars (their text: :mod:`shared.grammars`) compile in milliseconds; compile and every mask are
+bounded by :data:`shared.grammars.LIMITS` (grammar size, lexer fuel, Earley items per step), and a
+matcher never raises on a grammar error, a refused token or a spent limit: it enters an error
+state, read through ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import llguidance
+import llguidance.numpy
+import numpy as np
+from llguidance import LLExecutor, LLMatcher, LLTokenizer, TokenizerWrapper
+
+from shared import grammars
+from shared.jobs import Constraint
+from workers.constraints.vocabulary import Vocabulary
+
+#: Rows from which a step's masks are filled by llguidance's thread pool (vLLM's threshold); fewer
+#: are filled one by one: the pool's threads wait for work busily, which costs a small machine a core.
+PARALLEL_FILL_ROWS = 128
+
+
+class LLGuidanceMatcher:
+    """A :class:`workers.constraints.Matcher` over an ``llguidance.LLMatcher``."""
+
+    def __init__(self, matcher: LLMatcher) -> None:
+        self.inner = matcher
+
+    def fill(self, bitmask: np.ndarray, row: int) -> None:
+        llguidance.numpy.fill_next_token_bitmask(self.inner, bitmask, row)
+
+    def accept(self, token: int) -> bool:
+        return self.inner.consume_token(token)
+
+    @property
+    def done(self) -> bool:
+        return self.inner.is_stopped() and not self.inner.is_error()
+
+    @property
+    def error(self) -> str | None:
+        return grammars.message(self.inner.get_error()) or "error" if self.inner.is_error() else None
+
+    def copy(self) -> LLGuidanceMatcher:
+        return LLGuidanceMatcher(self.inner.deep_copy())
+
+
+class LLGuidanceCompiler:
+    """llguidance bound to one model's vocabulary."""
+
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        self._vocabulary = vocabulary
+        self._tokenizer = LLTokenizer(
+            TokenizerWrapper(_Tokens(vocabulary)),
+            n_vocab=len(vocabulary.tokens),
+            eos_token=sorted(vocabulary.eos),
+        )
+        self._executor = LLExecutor()
+
+    def compile(self, spec: Constraint) -> LLGuidanceMatcher:
+        grammar = grammars.grammar_text(spec, self._vocabulary.special_id)
+        matcher = LLMatcher(self._tokenizer, grammar, log_level=0, limits=grammars.LIMITS)
+        if matcher.is_error():
+            raise grammars.refused(spec, matcher.get_error())
+        return LLGuidanceMatcher(matcher)
+
+    def fill(self, rows: Sequence[tuple[LLGuidanceMatcher, int]], bitmask: np.ndarray) -> None:
+        if len(rows) < PARALLEL_FILL_ROWS:
+            for matcher, row in rows:
+                matcher.fill(bitmask, row)
+            return
+        pairs = [(m.inner, row) for m, row in rows]
+        llguidance.numpy.fill_next_token_bitmask_par(self._executor, pairs, bitmask)
+
+
+class LLGuidanceBackend:
+    """The :class:`workers.constraints.ConstraintBackend` of llguidance."""
+
+    name = "llguidance"
+
+    def check(self, spec: Constraint) -> None:
+        grammars.check(spec)
+
+    def bind(self, vocabulary: Vocabulary) -> LLGuidanceCompiler:
+        return LLGuidanceCompiler(vocabulary)
+
+
+class _Tokens:
+    """The vocabulary as llguidance's ``TokenizerWrapper`` reads a tokenizer."""
+
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        self.tokens = list(vocabulary.tokens)
+        self.special_token_ids = sorted(vocabulary.special)
+        self.eos_token_id = min(vocabulary.eos) if vocabulary.eos else None
+        self.bos_token_id = None
+        self._encode = vocabulary.encode
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        # llguidance hands over valid UTF-8 only (it tokenizes any cut character itself).
+        return self._encode(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)

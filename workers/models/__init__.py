@@ -1,1 +1,0 @@
-"""Model wrappers: load a checkpoint once, then run plain batched forward passes (no queues, no threads)."""
