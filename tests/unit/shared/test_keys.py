@@ -23,6 +23,10 @@ def every_name(worker_id: str = DOTTED_WORKER) -> list[str]:
     """One value of every key, channel and queue name function of shared.keys."""
     return [
         keys.queue_name("tiny-chat"),
+        keys.queue_name("tiny-chat", "high", 3),
+        *keys.band_queue_names("tiny-chat", "batch"),
+        *keys.model_queue_names("tiny-chat"),
+        keys.aging_lock_key(),
         keys.worker_key(worker_id),
         keys.model_workers_key("tiny-chat"),
         keys.reply_channel("api-1", 0),
@@ -44,6 +48,9 @@ def test_every_name_function_is_covered():
     # A name function added to shared/keys.py must be added to every_name (and so be prefixed).
     listed = {
         "queue_name",
+        "band_queue_names",
+        "model_queue_names",
+        "aging_lock_key",
         "worker_key",
         "model_workers_key",
         "reply_channel",
@@ -65,6 +72,7 @@ def test_every_name_function_is_covered():
         "rq_queue_key",
         "key_prefix_from_env",
         "is_events_stream",
+        "queue_place",
     }
     functions = {name for name, value in vars(keys).items() if inspect.isfunction(value)}
     assert functions - not_names == listed
@@ -139,3 +147,11 @@ def test_a_slot_job_records_its_worker_in_the_transaction_that_starts_it(redis_d
     assert stored.worker_name == f"{DOTTED_WORKER}.keys-test.0"
     assert keys.job_worker_id(stored.meta) == DOTTED_WORKER
     assert stored.meta["other"] == 1
+
+
+def test_queue_place_reads_back_every_band_and_lane():
+    for band in ("high", "normal", "low", "batch"):
+        for lane in (0, 7):
+            assert keys.queue_place("tiny-chat", keys.queue_name("tiny-chat", band, lane)) == (band, lane)
+    assert keys.queue_name("tiny-chat") == f"{keys.PREFIX}:tiny-chat"  # the name it had before bands
+    assert keys.queue_place("tiny-chat", keys.queue_name("other-model")) is None
