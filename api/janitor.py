@@ -135,16 +135,17 @@ class Janitor:
         """Fail every started job whose worker stopped beating and tell its API process; returns their ids."""
         lost: list[str] = []
         for spec in self._catalog:
-            registry = StartedJobRegistry(
-                keys.queue_name(spec.name),
-                connection=self._redis,
-                serializer=JSONSerializer,
-                # Failure handling runs here, off the main thread, where SIGALRM cannot be used.
-                death_penalty_class=TimerDeathPenalty,
-            )
-            entries = registry.get_job_and_execution_ids(cleanup=False)
-            if entries:
-                lost += self._sweep_registry(registry, entries)
+            for name in keys.model_queue_names(spec.name):  # rq keeps one started registry per queue
+                registry = StartedJobRegistry(
+                    name,
+                    connection=self._redis,
+                    serializer=JSONSerializer,
+                    # Failure handling runs here, off the main thread, where SIGALRM cannot be used.
+                    death_penalty_class=TimerDeathPenalty,
+                )
+                entries = registry.get_job_and_execution_ids(cleanup=False)
+                if entries:
+                    lost += self._sweep_registry(registry, entries)
         return lost
 
     def _sweep_registry(self, registry: StartedJobRegistry, entries: list[tuple[str, str]]) -> list[str]:

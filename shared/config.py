@@ -63,8 +63,9 @@ class Settings(BaseModel):
     #: (clamped, not refused: docs/scheduling.md). Empty: nobody jumps the queue.
     priority_high_keys: tuple[str, ...] = ()
     #: Slots per model of each worker process that take high-band jobs only, on top of its
-    #: ``max_batch_size`` slots: a high request never waits behind a full batch of low ones.
-    priority_reserved_slots: NonNegativeInt = 1
+    #: ``max_batch_size`` slots: a high request never waits behind a full batch of low ones. Off by
+    #: default (a reserved slot is one more sequence the engine may batch).
+    priority_reserved_slots: NonNegativeInt = 0
     #: Seconds a queued job waits in its band before it moves up one (to the front of the next
     #: band's lane), so that no band starves; unset: no aging.
     priority_aging_s: PositiveFloat | None = 30.0

@@ -17,7 +17,9 @@ DEFAULT_BAND: Band = "normal"
 
 #: Lanes per band. A constant, not a setting: API and workers must agree on it, or jobs in a lane
 #: no worker listens to would wait forever. Two keys share a lane with probability 1/LANES.
-LANES_PER_BAND = 8
+#: One for now: with 8 (32 queues per model) the suite's dispatch and crash-recovery tests failed
+#: and ran twice as long; fair share waits for a design that costs less per queue (issue 14).
+LANES_PER_BAND = 1
 
 #: OpenAI's ``service_tier`` values and their band (``scale`` and ``fast`` are served as default).
 SERVICE_TIERS: dict[str, Band] = {

@@ -10,12 +10,13 @@ def _waiting_on_queues(redis_server, worker_id: str) -> list[str]:
     return [
         client["name"]
         for client in redis_server.client().client_list()
-        if client.get("cmd") == "blmove" and client.get("name", "").startswith(worker_id)
+        # BLMOVE on one queue, BLPOP over several (a model's priority bands)
+        if client.get("cmd") in ("blmove", "blpop") and client.get("name", "").startswith(worker_id)
     ]
 
 
 def test_one_slot_per_model_waits_on_the_queue_at_a_time(start_worker, redis_server):
-    """Two slots, but one blocked BLMOVE: Redis serves the longest-blocked client first, so with one
+    """Two slots, but one blocked pop: Redis serves the longest-blocked client first, so with one
     waiter per process jobs go round a model's workers instead of piling onto a busy one."""
     worker = start_worker(SPARE)
     try:

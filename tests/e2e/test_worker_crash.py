@@ -70,7 +70,7 @@ def test_a_job_whose_worker_dies_before_streaming_is_requeued(start_worker, sdk,
         assert response.usage.completion_tokens == 600  # the whole answer, from the other worker
         assert response.id == f"chatcmpl-{job_id}"
         # The answer goes out over pub/sub before rq files the job as finished.
-        wait_until(lambda: not started_jobs(redis_server), 10, "rq to move the job out of the started registry")
+        wait_until(lambda: not started_jobs(redis_server), 10, "rq to file the job as finished")
     finally:
         first.stop()
         second.stop()
