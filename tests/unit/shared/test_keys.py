@@ -13,6 +13,7 @@ from rq.serializers import JSONSerializer
 from harness import REPO
 from shared import keys
 from shared.config import Settings, key_prefix_from_env
+from shared.priority import LANES_PER_BAND
 from workers.slot import SlotJob
 
 #: A host name of the kind cloud VMs have, in a worker id as new_worker_id makes it.
@@ -151,7 +152,7 @@ def test_a_slot_job_records_its_worker_in_the_transaction_that_starts_it(redis_d
 
 def test_queue_place_reads_back_every_band_and_lane():
     for band in ("high", "normal", "low", "batch"):
-        for lane in (0, 7):
+        for lane in {0, LANES_PER_BAND - 1}:
             assert keys.queue_place("tiny-chat", keys.queue_name("tiny-chat", band, lane)) == (band, lane)
     assert keys.queue_name("tiny-chat") == f"{keys.PREFIX}:tiny-chat"  # the name it had before bands
     assert keys.queue_place("tiny-chat", keys.queue_name("other-model")) is None
