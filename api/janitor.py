@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import as_text, parse_composite_key
 
 from shared import keys
 from shared.catalog import ModelCatalog
@@ -134,18 +135,26 @@ class Janitor:
     def sweep(self) -> list[str]:
         """Fail every started job whose worker stopped beating and tell its API process; returns their ids."""
         lost: list[str] = []
-        for spec in self._catalog:
-            for name in keys.model_queue_names(spec.name):  # rq keeps one started registry per queue
-                registry = StartedJobRegistry(
-                    name,
-                    connection=self._redis,
-                    serializer=JSONSerializer,
-                    # Failure handling runs here, off the main thread, where SIGALRM cannot be used.
-                    death_penalty_class=TimerDeathPenalty,
-                )
-                entries = registry.get_job_and_execution_ids(cleanup=False)
-                if entries:
-                    lost += self._sweep_registry(registry, entries)
+        # rq keeps one started registry per queue, and a model has one queue per band: every
+        # registry is read in one round trip, and only those holding jobs are looked at further.
+        names = [name for spec in self._catalog for name in keys.model_queue_names(spec.name)]
+        registries = [
+            StartedJobRegistry(
+                name,
+                connection=self._redis,
+                serializer=JSONSerializer,
+                # Failure handling runs here, off the main thread, where SIGALRM cannot be used.
+                death_penalty_class=TimerDeathPenalty,
+            )
+            for name in names
+        ]
+        pipe = self._redis.pipeline(transaction=False)
+        for registry in registries:
+            pipe.zrange(registry.key, 0, -1)
+        for registry, members in zip(registries, pipe.execute(), strict=True):
+            if members:
+                entries = [parse_composite_key(as_text(member)) for member in members]
+                lost += self._sweep_registry(registry, entries)
         return lost
 
     def _sweep_registry(self, registry: StartedJobRegistry, entries: list[tuple[str, str]]) -> list[str]:
