@@ -12,10 +12,12 @@ embedding requests/s), alternating, and prints one JSON line per window and a su
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import psutil
 from workload import EMBED_MODEL, SENTENCES  # bench/, the script's folder
@@ -32,6 +34,21 @@ while True:
         pass
     time.sleep(0.001 - busy)
 """
+
+
+@contextlib.contextmanager
+def running(duty: float | None) -> Iterator[None]:
+    """A process keeping ``duty`` of one core busy for the block (none when ``duty`` is None)."""
+    if duty is None:
+        yield
+        return
+    spin = subprocess.Popen([sys.executable, "-c", _SPIN, str(duty)])
+    try:
+        time.sleep(0.3)  # let it reach its pace
+        yield
+    finally:
+        spin.terminate()
+        spin.wait()
 
 
 def window(embedder, batch: int, seconds: float) -> dict[str, float]:
@@ -64,13 +81,8 @@ def main() -> int:
         result = window(embedder, args.batch, args.seconds)
         alone.append(result["sentences_per_s"])
         print(json.dumps({"neighbour": None, **result}))
-        spin = subprocess.Popen([sys.executable, "-c", _SPIN, str(args.duty)])
-        try:
-            time.sleep(0.3)
+        with running(args.duty):
             result = window(embedder, args.batch, args.seconds)
-        finally:
-            spin.terminate()
-            spin.wait()
         beside.append(result["sentences_per_s"])
         print(json.dumps({"neighbour": args.duty, **result}))
     ratio = sum(beside) / sum(alone)
