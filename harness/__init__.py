@@ -4,7 +4,7 @@ on a free port (and its numbered databases), worker processes, the API, and wait
 Nothing here is imported by the API or the workers themselves.
 """
 
-from harness.processes import REPO, LoggedProcess, free_port, stop_process, stop_processes, wait_until
+from harness.processes import REPO, LoggedProcess, crash, free_port, stop_process, stop_processes, wait_until
 from harness.redis_server import RedisDatabase, RedisServer, redis_server_binary
 from harness.services import ApiServer, WorkerProcess, live_models, live_workers, start_api, started_jobs
 
@@ -15,6 +15,7 @@ __all__ = [
     "RedisDatabase",
     "RedisServer",
     "WorkerProcess",
+    "crash",
     "free_port",
     "live_models",
     "live_workers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -48,6 +49,34 @@ def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 20) -> No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def crash(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGKILL ``proc`` and its children at once, as a host crash would, and wait until none runs.
+
+    Killing a gunicorn master alone leaves its workers serving the listening socket until they
+    notice, so a server started on the same port would share it with them."""
+    pid = proc.pid
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").glob("*")
+        for child in (task / "children").read_text().split()
+    ]
+    proc.kill()
+    proc.wait()
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+
+    def gone(child: int) -> bool:  # not ours to reap: dead once it is a zombie or has no entry
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+
+    wait_until(lambda: all(gone(child) for child in children), timeout, f"the children of {pid} to die")
 
 
 class LoggedProcess:

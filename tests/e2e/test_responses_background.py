@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from harness import start_api, stop_process, wait_until
+from harness import crash, start_api, stop_process, wait_until
 from harness.services import ApiServer
 from tests.e2e.test_worker_crash import pid_running, started_jobs
 
@@ -111,8 +111,7 @@ def test_a_stream_resumes_after_the_api_that_took_it_restarted(sdk, spare, base_
         )
         head = [event for _, event in zip(range(6), stream, strict=False)]
         response_id = head[0].response.id
-        os.kill(api_c.proc.pid, signal.SIGKILL)  # no goodbye: the response must not need it
-        api_c.proc.wait()
+        crash(api_c.proc)  # no goodbye: the response must not need it
         rest = list(sdk.responses.retrieve(response_id, stream=True, starting_after=5))
         assert rest[0].sequence_number == 6 and rest[-1].type == "response.incomplete"
         log.close()
@@ -158,19 +157,27 @@ def test_a_background_response_ends_at_its_deadline(sdk, spare) -> None:
     assert time.monotonic() - started < 2 + 10
 
 
-def kill(worker) -> None:
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.proc.wait()
+def kill_its_worker(redis_server, job_id: str, workers) -> None:
+    """SIGKILL whichever of ``workers`` (all that serve the model) runs ``job_id``."""
+    pid = pid_running(redis_server, job_id)
+    victim = next(worker for worker in workers if worker.pid == pid)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.proc.wait()
 
 
-def test_a_worker_killed_before_it_sent_anything_gets_it_requeued(sdk, start_worker, redis_server) -> None:
+# The module's spare worker serves the model too, so each kill test kills whichever worker runs its
+# job; the spare one's teardown is a no-op once it is dead.
+
+
+def test_a_worker_killed_before_it_sent_anything_gets_it_requeued(
+    sdk, spare, start_worker, redis_server
+) -> None:
     first, second = start_worker(SPARE), start_worker(SPARE)
     try:
         created = sdk.responses.create(background=True, **LONG)  # not streamed: no delta frames
         job_id = created.id.removeprefix("resp_")
         wait_until(lambda: job_id in started_jobs(redis_server), 30, "the job to start")
-        victim = first if pid_running(redis_server, job_id) == first.pid else second
-        kill(victim)
+        kill_its_worker(redis_server, job_id, [spare, first, second])
         response, seen = final(sdk, created.id, timeout=120)
         # The whole answer, from the other worker (an end of text or max_output_tokens ended it).
         assert response.status in ("completed", "incomplete"), response.error
@@ -181,14 +188,16 @@ def test_a_worker_killed_before_it_sent_anything_gets_it_requeued(sdk, start_wor
         second.stop()
 
 
-def test_a_worker_killed_mid_stream_fails_it_with_a_clear_error(sdk, start_worker, redis_server) -> None:
+def test_a_worker_killed_mid_stream_fails_it_with_a_clear_error(
+    sdk, spare, start_worker, redis_server
+) -> None:
     worker = start_worker(SPARE)
     try:
         stream = sdk.responses.create(background=True, stream=True, **LONG)
         head = [event for _, event in zip(range(8), stream, strict=False)]
         stream.close()
         response_id = head[0].response.id
-        kill(worker)
+        kill_its_worker(redis_server, response_id.removeprefix("resp_"), [spare, worker])
         response, _ = final(sdk, response_id, timeout=60)
         assert response.status == "failed"
         assert response.error.code == "worker_lost" and "died" in response.error.message
