@@ -53,6 +53,12 @@ def _runs(raw_status: bytes | None, job: Job) -> bool:
     return job.id in running or beat_at < started + _LISTED_WITHIN_S
 
 
+def _listed(raw_status: bytes | None, job_id: str) -> bool:
+    """Whether a live worker's beat lists ``job_id`` as running (or cannot tell: another version)."""
+    status = WorkerStatus.decode(raw_status)
+    return status is not None and (status.running is None or job_id in status.running)
+
+
 def _reply_to(job: Job) -> str | None:
     """The channel of the API process that waits for the job; None for a job not of ours."""
     try:
@@ -85,6 +91,8 @@ class Janitor:
         #: ``time.monotonic()`` before which the janitor judges no worker dead.
         self._judge_after = 0.0
         self._run_id: str | None = None
+        #: Started jobs without their worker's record, by id: when a sweep first saw each.
+        self._unowned_since: dict[str, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -137,42 +145,50 @@ class Janitor:
         lost: list[str] = []
         # rq keeps one started registry per queue, and a model has one queue per band: every
         # registry is read in one round trip, and only those holding jobs are looked at further.
-        names = [name for spec in self._catalog for name in keys.model_queue_names(spec.name)]
         registries = [
-            StartedJobRegistry(
-                name,
-                connection=self._redis,
-                serializer=JSONSerializer,
-                # Failure handling runs here, off the main thread, where SIGALRM cannot be used.
-                death_penalty_class=TimerDeathPenalty,
+            (
+                spec.name,
+                StartedJobRegistry(
+                    name,
+                    connection=self._redis,
+                    serializer=JSONSerializer,
+                    # Failure handling runs here, off the main thread, where SIGALRM cannot be used.
+                    death_penalty_class=TimerDeathPenalty,
+                ),
             )
-            for name in names
+            for spec in self._catalog
+            for name in keys.model_queue_names(spec.name)
         ]
         pipe = self._redis.pipeline(transaction=False)
-        for registry in registries:
+        for _, registry in registries:
             pipe.zrange(registry.key, 0, -1)
-        for registry, members in zip(registries, pipe.execute(), strict=True):
+        seen: set[str] = set()
+        for (model, registry), members in zip(registries, pipe.execute(), strict=True):
             if members:
                 entries = [parse_composite_key(as_text(member)) for member in members]
-                lost += self._sweep_registry(registry, entries)
+                seen.update(job_id for job_id, _ in entries)
+                lost += self._sweep_registry(model, registry, entries)
+        self._unowned_since = {job_id: at for job_id, at in self._unowned_since.items() if job_id in seen}
         return lost
 
-    def _sweep_registry(self, registry: StartedJobRegistry, entries: list[tuple[str, str]]) -> list[str]:
+    def _sweep_registry(
+        self, model: str, registry: StartedJobRegistry, entries: list[tuple[str, str]]
+    ) -> list[str]:
         # One round trip for every job, one for every distinct worker (not one per job each).
         ids = [job_id for job_id, _ in entries]
         fetched = Job.fetch_many(ids, connection=self._redis, serializer=JSONSerializer)
         # A job's worker process is the one its slot recorded as it started the job: never parsed
-        # out of a name. A job without the record is left to rq's lease (not a slot of ours).
+        # out of a name.
         jobs = {job.id: job for job in fetched if job is not None}
         owners = {job_id: owner for job_id, job in jobs.items() if (owner := keys.job_worker_id(job.meta))}
-        if not owners:
-            return []
         workers = sorted(set(owners.values()))
         statuses = dict(zip(workers, self._redis.mget([keys.worker_key(w) for w in workers]), strict=True))
+        unowned = [job_id for job_id in ids if job_id not in owners]
+        abandoned = set(self._abandoned(model, unowned)) if unowned else set()
         orphans = [
             (job_id, execution)
             for job_id, execution in entries
-            if job_id in owners and not _runs(statuses[owners[job_id]], jobs[job_id])
+            if job_id in abandoned or (job_id in owners and not _runs(statuses[owners[job_id]], jobs[job_id]))
         ]
         if not orphans:
             return []
@@ -181,9 +197,28 @@ class Janitor:
         registry.cleanup(timestamp=2)
         pipe = self._redis.pipeline(transaction=False)
         for job_id, _ in orphans:
-            reply_to = _reply_to(jobs[job_id])
-            log.warning("job %s lost its worker %s (%s)", job_id, owners[job_id], jobs[job_id].worker_name)
+            job = jobs.get(job_id)
+            reply_to = _reply_to(job) if job else None
+            log.warning("job %s lost its worker %s", job_id, owners.get(job_id, "(not recorded)"))
             if reply_to:
                 pipe.publish(reply_to, encode_event(WorkerLostEvent(job_id=job_id)))
         pipe.execute()
         return [job_id for job_id, _ in orphans]
+
+    def _abandoned(self, model: str, unowned: list[str]) -> list[str]:
+        """The started jobs without a worker record that no live worker of ``model`` has run for a
+        heartbeat TTL.
+
+        rq lists a job as started in one write and the slot's record follows in the next; a Redis
+        failover between the two (the replica had the first write only) leaves a job that names no
+        worker and that no worker runs. rq would hold it for its whole lease."""
+        now = time.monotonic()
+        workers = self._redis.zrangebyscore(keys.model_workers_key(model), time.time(), "+inf")
+        statuses = self._redis.mget([keys.worker_key(as_text(w)) for w in workers]) if workers else []
+        abandoned = []
+        for job_id in unowned:
+            if any(_listed(status, job_id) for status in statuses):
+                self._unowned_since.pop(job_id, None)
+            elif now - self._unowned_since.setdefault(job_id, now) >= self._heartbeat_ttl:
+                abandoned.append(job_id)
+        return abandoned

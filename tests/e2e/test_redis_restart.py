@@ -465,3 +465,23 @@ def test_a_job_a_snapshot_brings_back_as_started_is_failed_once_its_worker_beats
     )
     assert time.time() - back >= HEARTBEAT_TTL - 1  # not before live workers had a TTL to beat
     assert Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() == JobStatus.FAILED
+
+
+def test_a_started_job_that_names_no_worker_is_failed_once_no_worker_ran_it_for_a_ttl(healthy):
+    """rq lists a job as started in one write and the slot records its worker in the next; a
+    failover between the two leaves, on the new primary, a started job that names no worker and
+    that no worker runs. The janitor fails it once no live worker's beat has listed it for a TTL."""
+    client = healthy.redis.client()
+    name = keys.queue_name(SPARE)
+    job = Job.create(keys.JOB_FUNCTION, connection=client, serializer=JSONSerializer, origin=name)
+    job.save()
+    registry = Queue(name, connection=client, serializer=JSONSerializer).started_job_registry
+    client.zadd(registry.key, {f"{job.id}:cut-off": time.time() + 600})  # rq's lease: ten minutes
+    seen_at = time.monotonic()
+    wait_until(
+        lambda: job.id not in registry.get_job_ids(cleanup=False),
+        3 * HEARTBEAT_TTL,
+        "the janitor to fail the started job nobody runs",
+    )
+    assert time.monotonic() - seen_at >= HEARTBEAT_TTL - 1  # it gave the worker a TTL to list it
+    assert f"job {job.id} lost its worker (not recorded)" in log_since(healthy.api_log, 0)
