@@ -37,21 +37,19 @@ import contextlib
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import http_load  # bench/, the script's folder
 from loadgen import CpuMonitor, Window, run_load
-from report import emit, log, measurement, meta, rnd, wait_quiet
-from serving_stack import HEARTBEAT_TTL_S
-from workload import REQUEST_TIMEOUT_S, SLEEP_MODEL, SLEEP_MS, SLEEP_WORKER
+from report import emit, log, measurement, meta, spread, wait_quiet
+from serving_stack import HEARTBEAT_TTL_S, engine_totals
+from workload import REQUEST_TIMEOUT_S, SLEEP_ENTRY, SLEEP_MODEL, SLEEP_MS, SLEEP_WORKER
 
 from harness import (
     RedisServer,
@@ -63,8 +61,6 @@ from harness import (
     stop_processes,
 )
 from harness.netns import Network, why_not
-from shared import keys
-from shared.status import WorkerStatus
 
 LAYOUTS = ("one-host", "spread")
 #: Redis's password: beyond loopback it refuses clients without one (protected mode).
@@ -118,12 +114,6 @@ def free_subnet() -> str:
         if f"{subnet}." not in used:
             return subnet
     raise RuntimeError(f"every subnet of {SUBNETS[0]}.0/24..{SUBNETS[-1]}.0/24 is in use here")
-
-
-def spread(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"min": None, "median": None, "max": None}
-    return {"min": rnd(min(values)), "median": rnd(statistics.median(values)), "max": rnd(max(values))}
 
 
 class Fleet:
@@ -184,22 +174,9 @@ class Fleet:
         ``run_load``'s engine figures); it also appends each read's jobs done per host to ``seen``."""
 
         def read() -> dict[str, float]:
-            total: Counter = Counter()
-            per_host: Counter = Counter()
-            try:
-                client = self.redis.client()
-                for key in client.scan_iter(match=keys.worker_key("*"), count=100):
-                    status = WorkerStatus.decode(client.get(key))
-                    stats = status.engines.get(SLEEP_MODEL) if status is not None else None
-                    if stats is None or status.pid not in self.expected:
-                        continue
-                    counts = stats.model_dump(exclude={"kind"})
-                    total.update({k: v for k, v in counts.items() if k != "max_running_seen"})
-                    per_host[status.host] += stats.jobs_done
-            except Exception as exc:  # diagnostics only
-                log(f"could not read engine counters: {exc!r}")
-            seen.append(dict(per_host))
-            return dict(total)
+            total, per_host = engine_totals(self.redis, SLEEP_MODEL, self.expected)
+            seen.append(per_host)
+            return total
 
         return read
 
@@ -292,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         assert redis.proc is not None
         monitor.set("redis", [redis.proc.pid])
         models_file = folder / "models.yaml"
-        models_file.write_text(
-            f"models:\n  - {{name: {SLEEP_MODEL}, kind: embedding, source: 'sleep:{SLEEP_MS}',"
-            " max_batch_size: 1, max_queue: 1024, coalesce_inputs: 1}\n"
-        )
+        models_file.write_text(f"models:\n  - {SLEEP_ENTRY}\n")
         env = {
             **os.environ,
             "MODELYARD_REDIS_URL": redis.url,

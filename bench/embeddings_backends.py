@@ -40,6 +40,7 @@ from typing import Any
 
 import neighbour  # bench/, the script's folder
 from pooling_stack import INFINITY, MINILM, SERVED_NAME, Servers
+from report import spread
 from workload import SENTENCES
 
 from harness import REPO
@@ -114,13 +115,8 @@ def wrk(url: str, path: str, model: str, connections: int, seconds: float) -> di
     return json.loads(line)
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "min": round(min(values), 2),
-        "median": round(statistics.median(values), 2),
-        "max": round(max(values), 2),
-        "runs": len(values),
-    }
+def summary(values: list[float]) -> dict[str, float | None]:
+    return {**spread(values), "runs": len(values)}
 
 
 # -- main ---------------------------------------------------------------------------------------------

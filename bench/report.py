@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +31,13 @@ def emit(record: dict[str, Any]) -> None:
 
 def rnd(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """The minimum, median and maximum of repeated runs (None for none), rounded as :func:`rnd`."""
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": rnd(min(values)), "median": rnd(statistics.median(values)), "max": rnd(max(values))}
 
 
 def measurement(

@@ -7,7 +7,7 @@ import argparse
 import functools
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,7 +15,7 @@ import http_load  # bench/, the script's folder
 import requests
 from loadgen import API_HISTOGRAMS, CpuMonitor
 from report import log
-from workload import CHAT_MODEL, EMBED_MODEL, REQUEST_TIMEOUT_S, SLEEP_MODEL, SLEEP_MS, SLEEP_WORKER
+from workload import CHAT_MODEL, EMBED_MODEL, REQUEST_TIMEOUT_S, SLEEP_ENTRY, SLEEP_MODEL, SLEEP_WORKER
 
 from harness import (
     REPO,
@@ -35,6 +35,32 @@ from shared.status import WorkerStatus
 HEARTBEAT_TTL_S = 6
 
 
+def engine_totals(
+    redis: RedisServer, model: str, pids: Collection[int] | None = None
+) -> tuple[dict[str, float], dict[str, int]]:
+    """``model``'s engine counters summed over its workers' latest heartbeats (of ``pids`` only, if
+    given; ``max_running_seen`` is the largest), and the jobs done by each host. Approximate: a
+    worker beats every ``HEARTBEAT_TTL_S / 3`` s; diagnostics only, so a failed read is logged."""
+    total: Counter = Counter()
+    per_host: Counter = Counter()
+    try:
+        client = redis.client()
+        for key in client.scan_iter(match=keys.worker_key("*"), count=100):
+            status = WorkerStatus.decode(client.get(key))
+            stats = status.engines.get(model) if status is not None else None
+            if stats is None or (pids is not None and status.pid not in pids):
+                continue
+            counts = stats.model_dump(exclude={"kind"})
+            seen = counts.pop("max_running_seen", None)
+            total.update(counts)
+            if seen is not None:
+                total["max_running_seen"] = max(total["max_running_seen"], seen)
+            per_host[status.host] += stats.jobs_done
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        log(f"could not read engine counters: {exc!r}")
+    return dict(total), dict(per_host)
+
+
 class Stack:
     """redis-server, one worker per model, the API; sleep workers on demand (bench/sleep_worker.py)."""
 
@@ -51,8 +77,7 @@ class Stack:
             + "}\n"
             f"  - {{name: {EMBED_MODEL}, kind: embedding, source: '{REPO / 'models' / 'all-MiniLM-L6-v2'}',"
             f" max_batch_size: {args.embed_slots}}}\n"
-            f"  - {{name: {SLEEP_MODEL}, kind: embedding, source: 'sleep:{SLEEP_MS}', max_batch_size: 1,"
-            " max_queue: 1024, coalesce_inputs: 1}\n"
+            f"  - {SLEEP_ENTRY}\n"
         )
         self.env = {
             **os.environ,
@@ -112,19 +137,7 @@ class Stack:
                                 total[f"{short}_{suffix}"] += float(line.rsplit(" ", 1)[1])
             except (requests.RequestException, ValueError) as exc:
                 log(f"could not read /metrics: {exc!r}")
-            try:
-                client = self.redis.client()
-                for key in client.scan_iter(match=keys.worker_key("*"), count=100):
-                    status = WorkerStatus.decode(client.get(key))
-                    stats = status.engines.get(model) if status is not None else None
-                    if stats is not None:
-                        counts = stats.model_dump(exclude={"kind"})
-                        seen = counts.pop("max_running_seen", None)
-                        total.update(counts)
-                        if seen is not None:
-                            total["max_running_seen"] = max(total["max_running_seen"], seen)
-            except Exception as exc:  # diagnostics only
-                log(f"could not read engine counters: {exc!r}")
+            total.update(engine_totals(self.redis, model)[0])
             return dict(total)
 
         return read

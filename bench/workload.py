@@ -10,6 +10,11 @@ EMBED_MODEL = "all-MiniLM-L6-v2"
 CHAT_MODEL = "tiny-chat"
 SLEEP_MODEL = "sleep-50ms"
 SLEEP_MS = 50
+#: Its entry in a models file: one job per batch, a queue deep enough for any client concurrency.
+SLEEP_ENTRY = (
+    f"{{name: {SLEEP_MODEL}, kind: embedding, source: 'sleep:{SLEEP_MS}', max_batch_size: 1,"
+    " max_queue: 1024, coalesce_inputs: 1}"
+)
 #: Seconds the server gives each request; the client's timeout is a little longer.
 REQUEST_TIMEOUT_S = 60
 #: A worker process whose model only sleeps (bench/sleep_worker.py), given its models as arguments.
