@@ -9,6 +9,9 @@ from flask import Flask, g, request
 from api import observe, routes
 from api.aging import Ager
 from api.auth import check_api_key
+from api.batches.files import FileStore
+from api.batches.runner import BatchRunner
+from api.batches.store import BatchStore
 from api.body_buffer import BufferedBody
 from api.coalesce import EmbedCoalescer
 from api.dispatch import Dispatcher
@@ -37,7 +40,8 @@ def create_app(settings: Settings | None = None, middleware: Sequence[DispatchMi
     settings = settings or Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # BufferedBody enforces each path's limit; Flask's must not be lower than an upload's.
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_body_bytes, settings.file_max_bytes)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
@@ -59,6 +63,17 @@ def create_app(settings: Settings | None = None, middleware: Sequence[DispatchMi
         retention_s=settings.job_retention_s,
         middleware=[RecordMiddleware(), limiter, *middleware],
     )
+    files, batches = FileStore(settings.files_dir), BatchStore(redis)
+    batch_runner = BatchRunner(
+        app,
+        redis,
+        batches,
+        files,
+        owner=router.channel,
+        window=settings.batch_window,
+        max_lines=settings.batch_max_lines,
+        request_timeout=settings.request_timeout,
+    )
     app.extensions[EXTENSION] = Services(
         settings=settings,
         redis=redis,
@@ -71,6 +86,9 @@ def create_app(settings: Settings | None = None, middleware: Sequence[DispatchMi
         ager=None
         if settings.priority_aging_s is None
         else Ager(redis, catalog, owner=router.channel, aging_s=settings.priority_aging_s),
+        files=files,
+        batches=batches,
+        batch_runner=batch_runner,
     )
     observe.install(app, ApiMetrics(redis, catalog))  # first hook: every request is counted
 
@@ -78,6 +96,7 @@ def create_app(settings: Settings | None = None, middleware: Sequence[DispatchMi
     def _start_background() -> None:
         # Threads start in the serving process (after gunicorn forks), not in the factory.
         app.extensions[EXTENSION].janitor.start()
+        batch_runner.start()
         if app.extensions[EXTENSION].ager is not None:
             app.extensions[EXTENSION].ager.start()
 
@@ -100,6 +119,9 @@ def create_app(settings: Settings | None = None, middleware: Sequence[DispatchMi
     mount_aliases(app)  # /api/v1 and /v3 serve what /v1 does
     # Bodies are read whole, by a deadline, before Flask runs: a stalled client costs no view.
     app.wsgi_app = BufferedBody(
-        app.wsgi_app, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout
+        app.wsgi_app,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout,
+        upload_max_bytes=settings.file_max_bytes,
     )
     return app

@@ -43,10 +43,19 @@ class _BodyTimeout(Exception):
 class BufferedBody:
     """WSGI middleware: hands the app a fully read ``wsgi.input``, or answers 408/413/400 itself."""
 
-    def __init__(self, app: WsgiApp, *, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self, app: WsgiApp, *, max_bytes: int, timeout: float, upload_max_bytes: int | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        #: The limit of a file upload (``POST .../files``), when it differs from other bodies'.
+        self.upload_max_bytes = upload_max_bytes or max_bytes
+
+    def limit(self, environ: dict[str, Any]) -> int:
+        """The largest body this request may send."""
+        upload = environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO", "").endswith("/files")
+        return self.upload_max_bytes if upload else self.max_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
@@ -56,9 +65,10 @@ class BufferedBody:
         started = time.monotonic()
         try:
             length = None if chunked else _content_length(declared)
-            if length is not None and length > self.max_bytes:
-                raise PayloadTooLarge(_too_large(self.max_bytes))
-            body = self._read(environ, length, started + self.timeout)
+            limit = self.limit(environ)
+            if length is not None and length > limit:
+                raise PayloadTooLarge(_too_large(limit))
+            body = self._read(environ, length, started + self.timeout, limit)
         except ModelyardError as error:
             log.info(
                 "%s %s %d %s (%.1fs)",
@@ -74,10 +84,10 @@ class BufferedBody:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return self.app(environ, start_response)
 
-    def _read(self, environ: dict[str, Any], length: int | None, deadline: float) -> bytes:
+    def _read(self, environ: dict[str, Any], length: int | None, deadline: float, limit: int) -> bytes:
         """The body (``length`` bytes, or a chunked body to its end), read by ``deadline``."""
         stream = environ["wsgi.input"]
-        wanted = self.max_bytes + 1 if length is None else length
+        wanted = limit + 1 if length is None else length
         parts: list[bytes] = []
         have = 0
         try:
@@ -96,8 +106,8 @@ class BufferedBody:
         except Exception as exc:  # only I/O runs here (the server's body reader raises its own kinds)
             # The client closed the connection, or broke the chunked framing, mid-body.
             raise InvalidRequest(f"the request body could not be read: {exc or type(exc).__name__}") from exc
-        if have > self.max_bytes:
-            raise PayloadTooLarge(_too_large(self.max_bytes))
+        if have > limit:
+            raise PayloadTooLarge(_too_large(limit))
         if length is not None and have < length:
             raise InvalidRequest(f"the request body ended after {have} of its Content-Length {length} bytes")
         return b"".join(parts)

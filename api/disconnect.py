@@ -25,6 +25,11 @@ def _kernel_poll() -> Callable[[], Any]:
 _poll = _kernel_poll()
 
 
+#: WSGI environ key of a request made by the API itself (api/batches/execute.py): a callable that
+#: says when its "client" is gone (the batch was cancelled, or its runner lost the batch's lease).
+GONE_ENVIRON_KEY = "modelyard.client_gone"
+
+
 def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool]:
     """A cheap check of the request's socket: True once the client has closed it.
 
@@ -32,6 +37,9 @@ def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool]:
     peeks at the socket gunicorn (or werkzeug) exposes. Without one, the client is assumed present.
     ``poll``, not ``select``: ``select`` cannot watch descriptors above 1023, and a busy API has them.
     """
+    internal = environ.get(GONE_ENVIRON_KEY)
+    if internal is not None:  # a request made inside the API (a batch line) says when to give up
+        return internal
     sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
     if sock is None:
         return lambda: False

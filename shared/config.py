@@ -69,6 +69,15 @@ class Settings(BaseModel):
     #: Seconds a queued job waits in its band before it moves up one (to the front of the next
     #: band's lane), so that no band starves; unset: no aging.
     priority_aging_s: PositiveFloat | None = 30.0
+    #: Folder of the files uploaded for the Batch API and of the batches' output files (every API
+    #: process of a deployment must see the same folder: a shared volume past one host).
+    files_dir: Path = Path("var/files")
+    #: Largest file ``POST /v1/files`` accepts, in bytes (413 past it).
+    file_max_bytes: PositiveInt = 100 * 1024 * 1024
+    #: Most request lines of a batch input file (400 past it).
+    batch_max_lines: PositiveInt = 50_000
+    #: Lines of one batch queued or running at a time: the rest wait in its file, not in Redis.
+    batch_window: PositiveInt = 8
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object per line), for the API and the workers.
     log_format: Literal["text", "json"] = "text"

@@ -194,3 +194,31 @@ def background_responses_key() -> str:
 def responses_keeper_lock_key() -> str:
     """Held for one sweep by the API process that finalizes background responses."""
     return f"{PREFIX}:responses-keeper"
+
+
+# -- the Batch API (docs/batches.md) ---------------------------------------------------------------
+
+
+def batch_key(batch_id: str) -> str:
+    """A batch (JSON: OpenAI's batch object and who owns it); kept for good, like its files."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batches_key() -> str:
+    """Sorted set of every batch, scored by its creation time (``GET /v1/batches`` pages it)."""
+    return f"{PREFIX}:batches"
+
+
+def active_batches_key() -> str:
+    """Set of the batches not yet final: the runners of the API processes take them from here."""
+    return f"{PREFIX}:batches-active"
+
+
+def batch_lease_key(batch_id: str) -> str:
+    """Held (``SET NX PX``, renewed) by the one API process running a batch; expires with it."""
+    return f"{PREFIX}:batch-lease:{batch_id}"
+
+
+#: Milliseconds a batch's lease lives unless renewed: another API process resumes a batch this
+#: long after the one running it died.
+BATCH_LEASE_MS = 10_000

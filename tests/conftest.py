@@ -94,10 +94,12 @@ models:
 
 
 @pytest.fixture(scope="session")
-def base_env(redis_server: RedisServer, models_file: Path) -> dict[str, str]:
+def base_env(redis_server: RedisServer, models_file: Path, tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         MODELYARD_REDIS_URL=redis_server.url,
+        # One folder for every API process of the session, as a deployment shares one (Batch API).
+        MODELYARD_FILES_DIR=str(tmp_path_factory.mktemp("files")),
         MODELYARD_MODELS_FILE=str(models_file),
         MODELYARD_HEARTBEAT_TTL=str(HEARTBEAT_TTL),
         # Long enough that rq-dashboard's test still finds the session's finished jobs.

@@ -6,7 +6,19 @@ from flask import Blueprint
 
 
 def blueprints() -> list[Blueprint]:
-    from api.routes import compat, generation, health, jobs, metrics, models, pooling, responses, websocket
+    from api.routes import (
+        batches,
+        compat,
+        files,
+        generation,
+        health,
+        jobs,
+        metrics,
+        models,
+        pooling,
+        responses,
+        websocket,
+    )
 
     return [
         health.bp,
@@ -18,4 +30,6 @@ def blueprints() -> list[Blueprint]:
         metrics.bp,
         websocket.bp,
         responses.bp,
+        files.bp,
+        batches.bp,
     ]

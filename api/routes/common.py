@@ -101,3 +101,22 @@ def _header_timeout() -> float | None:
             "X-Request-Timeout must be a positive number of seconds", param="X-Request-Timeout"
         )
     return value
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """The query argument ``name`` as an integer in [low, high] (``default`` when absent), else 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be an integer between {low} and {high}", param=name)
+    return value
+
+
+def owner_of_request() -> str | None:
+    """Who owns what this request creates (a file, a batch): its hashed key; None without keys."""
+    return subject_of_request() if services().settings.api_keys else None
