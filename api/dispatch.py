@@ -8,10 +8,11 @@ import math
 import queue
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from redis import Redis, RedisError
+from redis.client import Pipeline
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -160,60 +161,72 @@ class Dispatcher:
         return JobRun(self, submission, context)
 
     def _submit(self, job: AnyJob) -> Submission:
-        """Register for the job's events, then admit and enqueue it on its model's queue.
-
-        One transaction reads the model's live workers and queue length and pushes the job, so
-        admission costs no round trip of its own and the queue never grows past ``max_queue``. A job
-        that may not stay (no live worker, a full queue) is taken back out and its error raised,
-        unless a worker has already taken it.
+        """Register for the job's events, then admit and enqueue it (:meth:`enqueue`).
 
         The job replies to the channel of the router session it was registered in (whatever
         ``job.reply_to`` said): that channel's subscriber is what tells workers someone waits.
         """
-        spec = self.catalog.resolve(job.model)
-        assert spec is not None, "jobs are made for resolved models"
         channel, inbox = self.router.register(job.job_id)
         job = job.model_copy(update={"reply_to": channel})
-        budget = job.deadline - time.time()
+        try:
+            self.enqueue(job, f"{job.type} {job.model}")
+        except BaseException:
+            self.router.unregister(job.job_id)
+            raise
+        return Submission(job=job, inbox=inbox)
+
+    def enqueue(
+        self, job: AnyJob, description: str, also: Callable[[Pipeline], object] | None = None
+    ) -> None:
+        """Admit ``job`` and enqueue it on the queue of its model, band and lane; the one admission.
+
+        One transaction pushes the job, runs ``also`` on the pipeline (more writes that must go with
+        the job, e.g. a background response's entry in the active set) and reads the model's live
+        workers and the queues of the job's band and the bands above it, so admission costs no round
+        trip of its own and those bands never hold more than ``max_queue`` ahead of a job. A job that
+        may not stay (no live worker, a full queue) is taken back out and its error raised, unless a
+        worker has already taken it; what ``also`` wrote is the caller's to undo.
+        """
+        spec = self.catalog.resolve(job.model)
+        assert spec is not None, "jobs are made for resolved models"
+        budget = max(1, math.ceil(job.deadline - time.time()))
         queue = self.queue(job.model, job.band, job.lane)
+        admitting = keys.model_queue_names(job.model, _bands_up_to(job.band))
         try:
             # One round trip: rq registers the queue, saves and pushes the job (it starts the
-            # transaction itself), then the admission reads.
+            # transaction itself), then ``also``, then the admission reads.
             pipe = self.redis.pipeline()
             queue.enqueue(
                 keys.JOB_FUNCTION,
                 payload=job.model_dump(mode="json"),
                 job_id=job.job_id,
-                description=f"{job.type} {job.model}",
-                ttl=max(1, math.ceil(budget)),
-                job_timeout=max(1, math.ceil(budget)) + 5,
+                description=description,
+                ttl=budget,
+                job_timeout=budget + 5,
                 result_ttl=self.retention_s,
                 failure_ttl=self.retention_s,
                 pipeline=pipe,
             )
+            if also is not None:
+                also(pipe)
             pipe.zcount(keys.model_workers_key(job.model), time.time(), "+inf")
             # The jobs of its band and the bands above it: those that may start before it. A flood
             # of low-band work does not make a high request's queue full.
-            admitting = _bands_up_to(job.band)
-            for name in keys.model_queue_names(job.model, admitting):
+            for name in admitting:
                 pipe.llen(keys.RQ_QUEUE_PREFIX + name)
             replies = pipe.execute()
-            alive = int(replies[-1 - len(admitting) * LANES_PER_BAND])
-            queued = sum(int(n) for n in replies[len(replies) - len(admitting) * LANES_PER_BAND :]) - 1
+            alive = int(replies[-1 - len(admitting)])
+            queued = sum(int(n) for n in replies[len(replies) - len(admitting) :]) - 1
             self._live[job.model] = alive
             refusal = self._refusal(spec, alive, queued)
             if refusal is not None and self._take_back(queue, job.job_id):
-                self.router.unregister(job.job_id)
                 raise refusal
         except PoolExhausted as exc:  # Redis is up; this process has too much in flight
-            self.router.unregister(job.job_id)
             raise busy(exc) from exc
         except RedisError as exc:
-            self.router.unregister(job.job_id)
             # The transaction may have run before the connection failed: the job must not run.
             self._unsent_cancels.add([job.job_id])
             raise RedisUnavailable() from exc
-        return Submission(job=job, inbox=inbox)
 
     def _take_back(self, queue: Queue, job_id: str) -> bool:
         """Remove a just-enqueued job and its rq hash; False if a worker took it meanwhile."""
@@ -279,6 +292,9 @@ class Dispatcher:
             origin = self.redis.hget(Job.key_for(job.job_id), "origin")
             name = origin.decode() if isinstance(origin, bytes) else origin
             queue = self.named_queue(name) if name else self.queue(job.model, job.band, job.lane)
+            # Aging counts from the requeue (rq stamps a new enqueued_at), not from when the job
+            # last changed band: dropped while the job is in no queue, so no sweep sees it stale.
+            self.redis.hdel(Job.key_for(job.job_id), keys.BAND_SINCE_FIELD)
             queue.failed_job_registry.requeue(job.job_id, at_front=True)
         except (RedisError, NoSuchJobError, InvalidJobOperation) as exc:
             log.warning("could not requeue job %s: %s", job.job_id, exc)

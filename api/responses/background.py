@@ -9,9 +9,9 @@ a dead worker (requeued if it had sent nothing, else failed), and one past its d
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
+from contextlib import suppress
 from typing import Any
 
 from redis import RedisError
@@ -25,60 +25,28 @@ from api.middleware import RequestContext
 from api.responses import frames
 from api.responses.store import Record, ResponseStore
 from shared import keys
-from shared.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    RateLimited,
-    ServiceUnavailable,
-)
+from shared.errors import Cancelled, DeadlineExceeded, ModelyardError, ServiceUnavailable
 from shared.jobs import GenerateJob
 
 log = logging.getLogger(__name__)
 
 
 def submit(dispatcher: Dispatcher, job: GenerateJob, record: Record, context: RequestContext) -> None:
-    """Enqueue a background response's job, replying to its event stream (deltas only when the
-    client asked for a stream: a job that sent nothing is requeued when its worker dies); refusals
-    raise as chat's do (no live worker: 503, a full queue: 429), and nothing stays queued then."""
+    """Enqueue a background response's job in its band, replying to its event stream (deltas only
+    when the client asked for a stream: a job that sent nothing is requeued when its worker dies),
+    and list it among the active responses in the same transaction. Refusals raise as chat's do (no
+    live worker: 503, a full queue: 429, :meth:`Dispatcher.enqueue`), and nothing stays then."""
     job = job.model_copy(update={"reply_to": keys.response_events_key(record.id)})
     dispatcher.middleware.before_submit(job, context)
-    spec = dispatcher.catalog.resolve(job.model)
-    assert spec is not None, "jobs are made for resolved models"
-    queue = dispatcher.queue(job.model)
-    budget = max(1, math.ceil(job.deadline - time.time()))
-    pipe = dispatcher.redis.pipeline()
-    queue.enqueue(
-        keys.JOB_FUNCTION,
-        payload=job.model_dump(mode="json"),
-        job_id=job.job_id,
-        description=f"response {job.model}",
-        ttl=budget,
-        job_timeout=budget + 5,
-        result_ttl=dispatcher.retention_s,
-        failure_ttl=dispatcher.retention_s,
-        pipeline=pipe,
-    )
-    pipe.zcount(keys.model_workers_key(job.model), time.time(), "+inf")
-    pipe.llen(queue.key)
-    pipe.zadd(keys.background_responses_key(), {record.id: job.deadline})
-    *_, alive, length, _ = pipe.execute()
-    alive, queued = int(alive), int(length) - 1
-    refusal = None
-    if not alive:
-        refusal = ServiceUnavailable(
-            f"The model '{spec.name}' has no live worker; start one with `bin/worker {spec.name}`",
-            retry_after=5,
+    active = keys.background_responses_key()
+    try:
+        dispatcher.enqueue(
+            job, f"response {job.model}", also=lambda pipe: pipe.zadd(active, {record.id: job.deadline})
         )
-    elif queued >= spec.max_queue:
-        refusal = RateLimited(
-            f"The model '{spec.name}' has {queued} requests queued (its limit); retry later",
-            code="queue_full",
-            retry_after=5,
-        )
-    if refusal is not None and dispatcher.redis.lrem(queue.key, 1, job.job_id):
-        dispatcher.redis.delete(Job.key_for(job.job_id))
-        dispatcher.redis.zrem(keys.background_responses_key(), record.id)
-        raise refusal
+    except ModelyardError:
+        with suppress(RedisError):  # else the keeper drops it: its record is deleted by the caller
+            dispatcher.redis.zrem(active, record.id)
+        raise
     dispatcher.middleware.after_submit(job, context)
 
 
@@ -110,7 +78,7 @@ def view(dispatcher: Dispatcher, store: ResponseStore, record: Record) -> dict[s
         response["status"] = "in_progress"
         return response
     spec = dispatcher.catalog.resolve(record.model)
-    position = dispatcher.queue(record.model).get_job_position(record.job_id)
+    position = dispatcher.queue_position(_job_of(record))  # counting the bands above its own
     if spec is not None and position is not None:
         workers = live_worker_counts(dispatcher.redis, [spec])[spec.name]
         response["queue_position"] = position
@@ -124,12 +92,13 @@ def settle(dispatcher: Dispatcher, store: ResponseStore, record: Record) -> Reco
     if record.final:
         return record
     if record.overdue:
-        dispatcher.cancel(record.job_id)
-        error = DeadlineExceeded("the response's deadline passed before it was done")
-        frames.append_error(dispatcher.redis, record, error)
-        return frames.finalize(dispatcher, store, record)
+        return _deadline_passed(dispatcher, store, record)
     if rq_status(dispatcher, record.job_id) in (JobStatus.FAILED, None):
-        # rq failed it with no end frame (the janitor found its worker dead), or it is gone.
+        # rq failed it with no end frame (the janitor found its worker dead), or it is gone: rq's
+        # ttl drops a job still queued at its deadline, before ``overdue`` (which waits a grace).
+        # An end the worker wrote meanwhile stays the end: the first terminal frame wins.
+        if time.time() > record.deadline:
+            return _deadline_passed(dispatcher, store, record)
         if not frames.produced(dispatcher.redis, record.id) and dispatcher.requeue(_job_of(record)):
             return record
         if frames.has_terminal(dispatcher.redis, record.id):  # the end came meanwhile
@@ -141,6 +110,14 @@ def settle(dispatcher: Dispatcher, store: ResponseStore, record: Record) -> Reco
         frames.append_error(dispatcher.redis, record, error)
         return frames.finalize(dispatcher, store, record)
     return record
+
+
+def _deadline_passed(dispatcher: Dispatcher, store: ResponseStore, record: Record) -> Record:
+    """End a response whose deadline passed: ``deadline_exceeded``, its job stopped if any."""
+    dispatcher.cancel(record.job_id)
+    error = DeadlineExceeded("the response's deadline passed before it was done")
+    frames.append_error(dispatcher.redis, record, error)
+    return frames.finalize(dispatcher, store, record)
 
 
 def _job_of(record: Record) -> GenerateJob:
