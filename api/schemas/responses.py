@@ -136,6 +136,9 @@ class ResponseRequest(RequestModel):
             ("top_p", self.top_p),
             ("user", self.user),
             ("seed", self.seed),
+            # The job's band, clamped as chat's is (api/priority.py; else the X-Priority header).
+            ("priority", self.priority),
+            ("service_tier", self.service_tier),
         ):
             if value is not None:
                 body[name] = value
