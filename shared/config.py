@@ -67,7 +67,8 @@ class Settings(BaseModel):
     #: default (a reserved slot is one more sequence the engine may batch).
     priority_reserved_slots: NonNegativeInt = 0
     #: Seconds a queued job waits in its band before it moves up one (to the front of the next
-    #: band's lane), so that no band starves; unset: no aging.
+    #: band's lane), so that no band starves; None (``0``, ``off`` or ``none`` in the environment):
+    #: no aging.
     priority_aging_s: PositiveFloat | None = 30.0
     #: Folder of the files uploaded for the Batch API and of the batches' output files (every API
     #: process of a deployment must see the same folder: a shared volume past one host).
@@ -104,10 +105,23 @@ class Settings(BaseModel):
                 continue
             if field in ("api_keys", "priority_high_keys"):
                 values[field] = tuple(k.strip() for k in raw.split(",") if k.strip())
+            elif field == "priority_aging_s" and _switched_off(raw):
+                values[field] = None
             else:
                 values[field] = raw
         values.update(overrides)
         return cls.model_validate(values)
+
+
+def _switched_off(raw: str) -> bool:
+    """Whether a variable's text switches its feature off: ``0``, ``off`` or ``none``."""
+    word = raw.strip().lower()
+    if word in ("off", "none"):
+        return True
+    try:
+        return float(word) == 0
+    except ValueError:
+        return False
 
 
 def key_prefix_from_env(environ: Mapping[str, str] | None = None) -> str:
