@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis import Redis, RedisError
 from rq.utils import str_to_date
 
+from api.batches.metrics import BatchCollector
+from api.batches.store import BatchStore
 from shared import keys
 from shared.catalog import ModelCatalog
 from shared.priority import BANDS, LANES_PER_BAND
@@ -46,22 +48,35 @@ def engine_metric_fields() -> dict[str, tuple[MetricKind, str]]:
 #: The engine figures, each exported as ``modelyard_worker_<name>`` (``_total`` for counters).
 ENGINE_METRICS = engine_metric_fields()
 
+#: Most ids of one queue a scrape looks at for its oldest job (see _SCRAPE_LUA), in chunks.
+OLDEST_SCAN = 1024
+OLDEST_CHUNK = 16
+
 # One round trip per scrape: for each model (KEYS: its live-worker set, then its rq queue lists, band by
-# band, ARGV[4] of them), each queue's length and the enqueued_at of its oldest job still stored (ids
-# of expired jobs linger in a list), and the live worker ids; then the status of each distinct live worker.
+# band, ARGV[4] of them), each queue's length and the time its oldest job entered the band (the
+# band-since field, ARGV[5], else rq's enqueued_at; ids of expired jobs linger in a list and are skipped),
+# and the live worker ids; then the status of each distinct live worker.
+# A queue is admitted jobs pushed at its tail (stamped as they come: oldest first) behind jobs pushed at
+# its head, aged in from below or requeued (stamped as they come too: newest first). So the oldest is
+# where the stamps stop falling: the scan ends at the first stamp above the oldest seen.
 _SCRAPE_LUA = """
 local now, job_prefix, worker_prefix, per_model = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local field, most, chunk = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local models, statuses, seen = {}, {}, {}
 for m = 1, #KEYS, per_model + 1 do
   local queues = {}
   for i = m + 1, m + per_model do
     local depth = redis.call('LLEN', KEYS[i])
-    local oldest = ''
-    if depth > 0 then
-      for _, id in ipairs(redis.call('LRANGE', KEYS[i], 0, 9)) do
-        local at = redis.call('HGET', job_prefix .. id, 'enqueued_at')
-        if at then oldest = at break end
+    local oldest, rising, start = '', false, 0
+    while not rising and start < math.min(depth, most) do
+      for _, id in ipairs(redis.call('LRANGE', KEYS[i], start, start + chunk - 1)) do
+        local stamps = redis.call('HMGET', job_prefix .. id, field, 'enqueued_at')
+        local at = stamps[1] or stamps[2]
+        if at then
+          if oldest == '' or at <= oldest then oldest = at else rising = true break end
+        end
       end
+      start = start + chunk
     end
     table.insert(queues, depth)
     table.insert(queues, oldest)
@@ -80,12 +95,12 @@ return {models, statuses}
 """
 
 
-def _age(enqueued_at: bytes | str, now: float) -> float:
-    """Seconds since rq's ``enqueued_at`` text (empty: no job, 0)."""
-    if not enqueued_at:
+def _age(since: bytes | str, now: float) -> float:
+    """Seconds since a job's band-since or ``enqueued_at`` text (rq's format; empty: no job, 0)."""
+    if not since:
         return 0.0
     try:
-        return max(0.0, now - str_to_date(enqueued_at).timestamp())
+        return max(0.0, now - str_to_date(since).timestamp())
     except ValueError:
         return 0.0
 
@@ -131,7 +146,16 @@ class FleetCollector:
             script_keys.append(keys.model_workers_key(name))
             script_keys += [keys.RQ_QUEUE_PREFIX + q for q in keys.model_queue_names(name)]
         models, raw_statuses = self._script(
-            keys=script_keys, args=[time.time(), keys.RQ_JOB_PREFIX, keys.worker_key(""), per_model]
+            keys=script_keys,
+            args=[
+                time.time(),
+                keys.RQ_JOB_PREFIX,
+                keys.worker_key(""),
+                per_model,
+                keys.BAND_SINCE_FIELD,
+                OLDEST_SCAN,
+                OLDEST_CHUNK,
+            ],
         )
         statuses = []
         for raw in raw_statuses:
@@ -169,7 +193,7 @@ class FleetCollector:
         )
         band_age = GaugeMetricFamily(
             "modelyard_band_oldest_job_age_seconds",
-            "Age of the oldest job waiting in one priority band of the model (0 when empty)",
+            "Seconds the longest-waiting job of one priority band of the model has been in it (0 when empty)",
             labels=["model", "band"],
         )
         workers = GaugeMetricFamily(
@@ -250,6 +274,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(FleetCollector(redis, catalog))
+        self.registry.register(BatchCollector(BatchStore(redis)))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

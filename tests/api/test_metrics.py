@@ -96,6 +96,28 @@ def test_queue_depth_and_oldest_job_age_come_from_rq(client, redis_db):
     assert value(scrape(client), "modelyard_queue_oldest_job_age_seconds", model="ghost") == 0
 
 
+def test_a_bands_oldest_job_age_counts_from_when_it_entered_the_band(client, redis_db):
+    # ghost's high band as aging leaves it: a job aged in at the head (queued 50 s ago, in the band
+    # for 2), then admitted ones, oldest first. The band's oldest is the one there for 10 s.
+    redis = redis_db.client()
+    queue = Queue(keys.queue_name("ghost", "high"), connection=redis, serializer=JSONSerializer)
+
+    def ago(seconds: float) -> str:
+        return utcformat(now() - timedelta(seconds=seconds))
+
+    try:
+        for job_id, queued in (("aged", 50), ("admitted", 10), ("later", 1)):
+            job = queue.enqueue(keys.JOB_FUNCTION, payload={}, job_id=f"metrics-{job_id}")
+            redis.hset(job.key, "enqueued_at", ago(queued))
+        redis.hset(Job.key_for("metrics-aged"), keys.BAND_SINCE_FIELD, ago(2))
+        samples = scrape(client)
+        assert value(samples, "modelyard_band_queue_depth", model="ghost", band="high") == 3
+        assert 9 <= value(samples, "modelyard_band_oldest_job_age_seconds", model="ghost", band="high") < 20
+        assert value(samples, "modelyard_band_oldest_job_age_seconds", model="ghost", band="normal") == 0
+    finally:
+        queue.delete(delete_jobs=True)
+
+
 def heartbeat_status(worker: str, **engines: GenerationStats | PoolingStats) -> WorkerStatus:
     now = time.time()
     return WorkerStatus(
