@@ -36,6 +36,8 @@ class StoredFile:
     object: dict[str, Any]
     owner: str | None
     path: Path
+    #: When it was made, in nanoseconds: files of one second still list newest first.
+    created_ns: int = 0
 
     @property
     def id(self) -> str:
@@ -81,9 +83,10 @@ class FileStore:
         }
         os.replace(staged, self._content(file_id))
         meta = self.root / f".staging-{file_id}.json"
-        meta.write_text(json.dumps({"object": obj, "owner": owner}))
+        created_ns = time.time_ns()
+        meta.write_text(json.dumps({"object": obj, "owner": owner, "created_ns": created_ns}))
         os.replace(meta, self._meta(file_id))
-        return StoredFile(obj, owner, self._content(file_id))
+        return StoredFile(obj, owner, self._content(file_id), created_ns)
 
     def get(self, file_id: str, owner: str | None) -> StoredFile | None:
         """The file, if it exists and ``owner`` may see it (None sees every file)."""
@@ -95,7 +98,7 @@ class FileStore:
             return None
         if owner is not None and record.get("owner") != owner:
             return None
-        return StoredFile(record["object"], record.get("owner"), self._content(file_id))
+        return StoredFile(record["object"], record.get("owner"), self._content(file_id), record["created_ns"])
 
     def exists(self, file_id: str) -> bool:
         return _valid_id(file_id) and self._meta(file_id).exists()
@@ -112,7 +115,7 @@ class FileStore:
             stored = self.get(name[: -len(".json")], owner)
             if stored is not None and (purpose is None or stored.object["purpose"] == purpose):
                 found.append(stored)
-        found.sort(key=lambda f: (f.object["created_at"], f.id), reverse=True)
+        found.sort(key=lambda f: f.created_ns, reverse=True)
         return iter(found)
 
     def delete(self, file_id: str) -> None:

@@ -72,7 +72,7 @@ class BatchStore:
         record = BatchRecord(batch, owner)
         pipe = self.redis.pipeline()
         pipe.set(keys.batch_key(record.id), _dump(record))
-        pipe.zadd(keys.batches_key(), {record.id: batch["created_at"]})
+        pipe.zadd(keys.batches_key(), {record.id: time.time()})  # finer than created_at: the order
         pipe.sadd(keys.active_batches_key(), record.id)
         pipe.execute()
         return record
