@@ -91,6 +91,7 @@ class BatchRunner:
         self._runs: dict[str, BatchRun] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -102,12 +103,21 @@ class BatchRunner:
     def stop(self) -> None:
         """Stop taking batches and stop the runs (their leases expire: another process resumes)."""
         self._stopped.set()
+        self._wake.set()
         with self._lock:
             for run in self._runs.values():
                 run.lost.set()
 
+    def wake(self) -> None:
+        """Look for batches now (one was just created here), not at the next tick."""
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self._stopped.wait(self.interval):
+        while not self._stopped.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
             try:
                 self.tick()
             except RedisError as exc:
@@ -159,32 +169,34 @@ class BatchRun:
         self.stopping = threading.Event()
         root = runner.files.root / ".batches"
         root.mkdir(parents=True, exist_ok=True)
+        #: When the batch expires (its object's ``expires_at``, read again at each check).
+        self.expires_at = 0.0
         self.partials = {"output": root / f"{batch_id}.output", "error": root / f"{batch_id}.error"}
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> None:
-        record = self.runner.store.load(self.batch_id)
+        store = self.runner.store
+        record = store.load(self.batch_id)
         if record is None or record.status in FINAL:
             return
-        batch = record.batch
-        input_file = self.runner.files.get(batch["input_file_id"], None)
-        if record.status == "validating":
-            if not self._validate(batch, input_file.path if input_file else None):
-                return
-            batch = self.runner.store.load(self.batch_id).batch
-        assert input_file is not None  # validation failed a batch whose file is gone
+        input_file = self.runner.files.get(record.batch["input_file_id"], None)
+        path = input_file.path if input_file is not None else None
+        if record.status == "validating" and not self._validate(record.batch, path):
+            return
+        batch = store.load(self.batch_id).batch
         done = self._recover()
-        if batch["status"] in ("in_progress",):
-            self._send(batch, input_file.path, done)
+        if batch["status"] == "in_progress" and path is not None:
+            self._send(batch, path, done)
         if self.lost.is_set():
             return
-        status = self.runner.store.load(self.batch_id).status
-        if status == "cancelling":
+        batch = store.load(self.batch_id).batch
+        if batch["status"] == "cancelling":
             self._finish("cancelled")
-        elif time.time() >= batch["expires_at"]:
-            self._expire(input_file.path, batch["endpoint"], done)
+        elif batch["status"] == "in_progress" and time.time() >= batch["expires_at"]:
+            if path is not None:
+                self._expire(path, batch["endpoint"], done)
             self._finish("expired")
-        else:
+        else:  # every line answered (or its input file deleted meanwhile: what was answered)
             self._finish("completed")
 
     def _validate(self, batch: dict[str, Any], path: Path | None) -> bool:
@@ -234,7 +246,8 @@ class BatchRun:
 
     # -- sending the lines -----------------------------------------------------------------
     def _send(self, batch: dict[str, Any], path: Path, done: set[str]) -> None:
-        endpoint, expires_at = batch["endpoint"], batch["expires_at"]
+        endpoint = batch["endpoint"]
+        self.expires_at = batch["expires_at"]
         counts = self._counts()
         last_check = 0.0
         handles = {kind: p.open("ab") for kind, p in self.partials.items()}
@@ -246,14 +259,14 @@ class BatchRun:
                 while len(inflight) >= self.runner.window and not self.stopping.is_set():
                     finished, inflight = wait(inflight, timeout=_CHECK_S, return_when=FIRST_COMPLETED)
                     self._write(finished, handles, counts)
-                    last_check = self._check(expires_at, counts, last_check)
+                    last_check = self._check(counts, last_check)
                 if self.stopping.is_set():
                     break
-                inflight.add(pool.submit(self._line, endpoint, line, expires_at))
+                inflight.add(pool.submit(self._line, endpoint, line))
             while inflight:
                 finished, inflight = wait(inflight, timeout=_CHECK_S, return_when=FIRST_COMPLETED)
                 self._write(finished, handles, counts)
-                last_check = self._check(expires_at, counts, last_check)
+                last_check = self._check(counts, last_check)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for handle in handles.values():
@@ -261,16 +274,17 @@ class BatchRun:
         if not self.lost.is_set():
             self._save_counts(counts)
 
-    def _line(self, endpoint: str, line: Line, expires_at: float) -> tuple[Line, Outcome | None]:
+    def _line(self, endpoint: str, line: Line) -> tuple[Line, Outcome | None]:
         """Run a line until it gets an answer that is not retryable; None if the run stopped first."""
         backoff = 0.5
         while not self.stopping.is_set():
-            left = min(self.runner.request_timeout, expires_at - time.time())
+            left = min(self.runner.request_timeout, self.expires_at - time.time())
             if left < 1:
                 break
             outcome = run_line(self.runner.app, endpoint, line, left, self.stopping.is_set)
             if outcome.status not in RETRYABLE:
                 return line, outcome
+            log.info("batch %s line %d: %s; sent again", self.batch_id, line.number, outcome.status)
             self.stopping.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
         return line, None
@@ -286,7 +300,7 @@ class BatchRun:
             handle.flush()
             counts["completed" if ok else "failed"] += 1
 
-    def _check(self, expires_at: float, counts: dict[str, int], last: float) -> float:
+    def _check(self, counts: dict[str, int], last: float) -> float:
         """Every :data:`_CHECK_S`: save the counts, and stop on a cancel, the expiry or a lost lease."""
         now = time.monotonic()
         if self.lost.is_set():
@@ -294,7 +308,8 @@ class BatchRun:
         if now - last < _CHECK_S:
             return last
         record = self._save_counts(counts)
-        if record.status != "in_progress" or time.time() >= expires_at:
+        self.expires_at = record.batch["expires_at"]
+        if record.status != "in_progress" or time.time() >= self.expires_at:
             self.stopping.set()
         return now
 

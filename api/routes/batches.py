@@ -28,7 +28,11 @@ def create_batch():
     if input_file.object["purpose"] != "batch":
         raise InvalidRequest("the input file must be uploaded with purpose 'batch'", param="input_file_id")
     batch = new_batch(req.endpoint, req.input_file_id, req.completion_window, req.metadata)
-    return jsonify(services().batches.create(batch, owner_of_request()).batch)
+    svc = services()
+    record = svc.batches.create(batch, owner_of_request())
+    if svc.batch_runner is not None:
+        svc.batch_runner.wake()
+    return jsonify(record.batch)
 
 
 def _load(batch_id: str) -> BatchRecord:

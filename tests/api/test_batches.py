@@ -169,3 +169,26 @@ def test_files_and_batches_are_seen_only_by_the_key_that_made_them(make_app, red
     assert [x["id"] for x in client.get("/v1/batches", headers=a).json["data"]] == [batch["id"]]
     assert client.get("/v1/batches", headers=b).json["data"] == []
     client.post(f"/v1/batches/{batch['id']}/cancel", headers=a)
+
+
+def test_a_batch_past_its_window_expires_with_an_error_line_for_each_line_not_run(app, client) -> None:
+    lines = [{**GOOD, "custom_id": f"c{i}"} for i in range(3)]
+    file_id = upload(client, jsonl(*lines)).json["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    batch = create(client, body).json
+
+    def status() -> str:
+        return client.get(f"/v1/batches/{batch['id']}").json["status"]
+
+    wait_until(lambda: status() == "in_progress", 20, "running")  # its lines wait for a worker
+    # The 24 hours pass (written as the window's end, not waited for).
+    app.extensions["modelyard"].batches.update(batch["id"], lambda b: b.update(expires_at=b["created_at"]))
+    wait_until(lambda: status() == "expired", 20, "the expiry")
+    done = client.get(f"/v1/batches/{batch['id']}").json
+    assert done["expired_at"] and done["output_file_id"] is None
+    assert done["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
+    errors = [
+        json.loads(x) for x in client.get(f"/v1/files/{done['error_file_id']}/content").data.splitlines()
+    ]
+    assert sorted(e["custom_id"] for e in errors) == ["c0", "c1", "c2"]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
