@@ -128,6 +128,7 @@ class SlotWorker(SimpleWorker):
                 continue
             if result is not None:
                 job, queue = result
+                self.reorder_queues(reference_queue=queue)  # rq's own loop calls it here too
                 job.redis_server_version = self.get_redis_server_version()
                 return job, queue  # starting the job beats for it (with the job's timeout)
         raise StopRequested()
