@@ -157,6 +157,23 @@ def test_a_background_response_ends_at_its_deadline(sdk, spare) -> None:
     assert time.monotonic() - started < 2 + 10
 
 
+def test_a_background_response_queued_past_its_deadline_ends_deadline_exceeded(
+    sdk, spare, redis_server
+) -> None:
+    # Both slots of the spare model busy: the third waits in the queue until rq's ttl drops it.
+    running = [sdk.responses.create(background=True, **LONG) for _ in range(2)]
+    try:
+        ids = job_ids(running)
+        wait_until(lambda: ids <= set(started_jobs(redis_server)), 30, "both to start")
+        waiting = sdk.responses.create(background=True, extra_headers={"X-Request-Timeout": "2"}, **SHORT)
+        response, seen = final(sdk, waiting.id, timeout=30)
+        assert seen[0] == "queued" and "in_progress" not in seen
+        assert response.status == "failed" and response.error.code == "deadline_exceeded", response.error
+    finally:
+        for created in running:
+            sdk.responses.cancel(created.id)
+
+
 def kill_its_worker(redis_server, job_id: str, workers) -> None:
     """SIGKILL whichever of ``workers`` (all that serve the model) runs ``job_id``."""
     pid = pid_running(redis_server, job_id)
