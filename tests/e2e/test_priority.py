@@ -152,17 +152,17 @@ def test_a_busy_slot_takes_high_then_normal_then_low(api, redis_db) -> None:
 
 
 def test_only_a_listed_key_gets_high(api, redis_db) -> None:
+    # The unlisted key's two requests share its fair-share lane: they start in arrival order.
     holder = hold(api)
     try:
         clamped = Stream(api, MODEL, {**SHORT, "service_tier": "priority"}, bearer(OTHER_KEY))
-        keyless = Stream(api, MODEL, SHORT, {"X-Priority": "high"})
+        by_header = Stream(api, MODEL, SHORT, {"X-Priority": "high", **bearer(OTHER_KEY)})
         listed = Stream(api, MODEL, {**SHORT, "service_tier": "priority"}, bearer(HIGH_KEY))
         # The body decides over the header: a listed key asking flex in its body runs low.
-        flex = Stream(
-            api, MODEL, {**SHORT, "service_tier": "flex"}, {"X-Priority": "high", **bearer(HIGH_KEY)}
-        )
-        assert [s.band for s in (clamped, keyless, listed, flex)] == ["normal", "normal", "high", "low"]
-        assert queued(api, clamped, keyless, listed, flex) == [
+        header = {"X-Priority": "high", **bearer(HIGH_KEY)}
+        flex = Stream(api, MODEL, {**SHORT, "service_tier": "flex"}, header)
+        assert [s.band for s in (clamped, by_header, listed, flex)] == ["normal", "normal", "high", "low"]
+        assert queued(api, clamped, by_header, listed, flex) == [
             ("normal", 1),
             ("normal", 2),
             ("high", 0),
@@ -170,8 +170,8 @@ def test_only_a_listed_key_gets_high(api, redis_db) -> None:
         ]
     finally:
         release(api, holder)
-    assert all(stream.finish() for stream in (clamped, keyless, listed, flex))
-    assert started_order(redis_db, clamped, keyless, listed, flex) == [listed, clamped, keyless, flex]
+    assert all(stream.finish() for stream in (clamped, by_header, listed, flex))
+    assert started_order(redis_db, clamped, by_header, listed, flex) == [listed, clamped, by_header, flex]
 
 
 def test_a_responses_request_runs_in_the_band_its_body_or_header_asks(api) -> None:
@@ -187,6 +187,7 @@ def test_a_responses_request_runs_in_the_band_its_body_or_header_asks(api) -> No
 
     assert band({"service_tier": "priority"}, bearer(HIGH_KEY)) == "high"
     assert band({"priority": -1}, bearer(OTHER_KEY)) == "normal"  # clamped, as chat's
+    assert band({}, {"X-Priority": "high"}) == "normal"  # no key at all
     assert band({"service_tier": "flex"}, {}) == "low"
     assert band({}, {"X-Priority": "batch"}) == "batch"
     assert band({"priority": 0}, {"X-Priority": "low"}) == "normal"
@@ -228,7 +229,8 @@ def test_a_background_response_waits_in_its_band(api, redis_db) -> None:
     holder = hold(api)
     created: list[dict] = []
     try:
-        normal = Stream(api, MODEL, SHORT)
+        # The normal job and the clamped response share the unlisted key's fair-share lane.
+        normal = Stream(api, MODEL, SHORT, bearer(OTHER_KEY))
         created.append(high := background(api, HIGH_KEY, service_tier="priority"))
         created.append(background(api, OTHER_KEY, service_tier="priority"))
         origins = [client.hget(keys.RQ_JOB_PREFIX + r["id"].removeprefix("resp_"), "origin") for r in created]
