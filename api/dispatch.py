@@ -62,6 +62,13 @@ def _bands_up_to(band: Band) -> tuple[Band, ...]:
     return BANDS[: band_index(band) + 1]
 
 
+def _admitting(model: str, band: Band, lane: int) -> list[str]:
+    """The queues whose jobs count against a job's ``max_queue``: every lane of the bands above its
+    own, and its own lane (so ``max_queue`` is per lane: one key's flood fills its lane only)."""
+    above = keys.model_queue_names(model, BANDS[: band_index(band)])
+    return [*above, keys.queue_name(model, band, lane)]
+
+
 def _retry_after(wait_s: float | None) -> int:
     """Whole seconds for Retry-After: the estimate, kept within [1, 300]; 5 before any estimate."""
     if wait_s is None:
@@ -191,7 +198,7 @@ class Dispatcher:
         assert spec is not None, "jobs are made for resolved models"
         budget = max(1, math.ceil(job.deadline - time.time()))
         queue = self.queue(job.model, job.band, job.lane)
-        admitting = keys.model_queue_names(job.model, _bands_up_to(job.band))
+        admitting = _admitting(job.model, job.band, job.lane)
         try:
             # One round trip: rq registers the queue, saves and pushes the job (it starts the
             # transaction itself), then ``also``, then the admission reads.
@@ -210,8 +217,8 @@ class Dispatcher:
             if also is not None:
                 also(pipe)
             pipe.zcount(keys.model_workers_key(job.model), time.time(), "+inf")
-            # The jobs of its band and the bands above it: those that may start before it. A flood
-            # of low-band work does not make a high request's queue full.
+            # The jobs of the bands above it and of its own lane: a flood of low-band work does
+            # not make a high request's queue full, nor one key's flood another key's.
             for name in admitting:
                 pipe.llen(keys.RQ_QUEUE_PREFIX + name)
             replies = pipe.execute()

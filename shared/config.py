@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -17,6 +18,8 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+
+from shared.priority import DEFAULT_LANES, MAX_LANES
 
 ENV_PREFIX = "MODELYARD_"
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.yaml"
@@ -79,6 +82,11 @@ class Settings(BaseModel):
     batch_max_lines: PositiveInt = 50_000
     #: Lines of one batch queued or running at a time: the rest wait in its file, not in Redis.
     batch_window: PositiveInt = 8
+    #: Fair-share lanes per priority band (docs/scheduling.md): a client's key hashes to one, and
+    #: slots take the lanes of a band round robin. Process-wide, like ``key_prefix``:
+    #: ``shared.priority`` reads it from the environment as it is imported; every process of a
+    #: deployment must have the same value. 1: no fair share.
+    priority_lanes: int = Field(DEFAULT_LANES, ge=1, le=MAX_LANES)
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object per line), for the API and the workers.
     log_format: Literal["text", "json"] = "text"

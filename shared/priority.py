@@ -8,6 +8,8 @@ flood fills one lane while the others keep their turn.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Mapping
 from typing import Literal
 
 #: The bands, most urgent first: a slot takes a job of a band only when every band before it is empty.
@@ -15,11 +17,30 @@ Band = Literal["high", "normal", "low", "batch"]
 BANDS: tuple[Band, ...] = ("high", "normal", "low", "batch")
 DEFAULT_BAND: Band = "normal"
 
-#: Lanes per band. A constant, not a setting: API and workers must agree on it, or jobs in a lane
-#: no worker listens to would wait forever. Two keys share a lane with probability 1/LANES.
-#: One for now: with 8 (32 queues per model) the suite's dispatch and crash-recovery tests failed
-#: and ran twice as long; fair share waits for a design that costs less per queue (issue 14).
-LANES_PER_BAND = 1
+#: Most lanes per band ``MODELYARD_PRIORITY_LANES`` may ask for.
+MAX_LANES = 64
+#: Lanes per band, when ``MODELYARD_PRIORITY_LANES`` is unset.
+DEFAULT_LANES = 4
+
+
+def lanes_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``MODELYARD_PRIORITY_LANES`` (1 to :data:`MAX_LANES`; default :data:`DEFAULT_LANES`)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("MODELYARD_PRIORITY_LANES") or str(DEFAULT_LANES)
+    try:
+        lanes = int(raw)
+    except ValueError:
+        lanes = 0
+    if not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"MODELYARD_PRIORITY_LANES={raw!r}: an integer from 1 to {MAX_LANES}")
+    return lanes
+
+
+#: Lanes per band (``MODELYARD_PRIORITY_LANES``). Read once per process, from the environment, as
+#: the key prefix is: the API and every worker of a deployment must have the same value, or jobs in
+#: a lane no worker listens to would wait until their deadline. Two keys share a lane with
+#: probability 1/LANES; one lane turns fair share off.
+LANES_PER_BAND = lanes_from_env()
 
 #: OpenAI's ``service_tier`` values and their band (``scale`` and ``fast`` are served as default).
 SERVICE_TIERS: dict[str, Band] = {
@@ -49,11 +70,12 @@ def band_index(band: Band) -> int:
     return BANDS.index(band)
 
 
-def lane_of(subject: str | None) -> int:
-    """The lane of a client (its hashed API key or address): stable across processes and restarts."""
+def lane_of(subject: str | None, lanes: int | None = None) -> int:
+    """The lane of a client (its hashed API key or address) among ``lanes`` (default: this
+    process's :data:`LANES_PER_BAND`): stable across processes and restarts."""
     if not subject:
         return 0
-    return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "big") % LANES_PER_BAND
+    return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "big") % (lanes or LANES_PER_BAND)
 
 
 def clamp(band: Band, may_ask_high: bool) -> Band:

@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from harness import (
+# One fair-share lane per band for the suite, set before anything imports shared.priority: the
+# tests look at a model's jobs by queue name (lane 0). tests/e2e/test_fair_share.py runs a stack of
+# its own with the default lanes.
+os.environ.setdefault("MODELYARD_PRIORITY_LANES", "1")
+
+from harness import (  # noqa: E402
     REPO,
     ApiServer,
     RedisDatabase,
@@ -30,7 +35,7 @@ from harness import (
     start_api,
     stop_process,
 )
-from tests.settings import HEARTBEAT_TTL
+from tests.settings import HEARTBEAT_TTL  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

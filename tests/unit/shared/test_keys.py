@@ -42,6 +42,10 @@ def every_name(worker_id: str = DOTTED_WORKER) -> list[str]:
         keys.response_events_key("resp_1"),
         keys.background_responses_key(),
         keys.responses_keeper_lock_key(),
+        keys.batch_key("batch_1"),
+        keys.batches_key(),
+        keys.active_batches_key(),
+        keys.batch_lease_key("batch_1"),
     ]
 
 
@@ -66,6 +70,10 @@ def test_every_name_function_is_covered():
         "response_events_key",
         "background_responses_key",
         "responses_keeper_lock_key",
+        "batch_key",
+        "batches_key",
+        "active_batches_key",
+        "batch_lease_key",
     }
     not_names = {
         "slot_worker_name",
@@ -156,3 +164,14 @@ def test_queue_place_reads_back_every_band_and_lane():
             assert keys.queue_place("tiny-chat", keys.queue_name("tiny-chat", band, lane)) == (band, lane)
     assert keys.queue_name("tiny-chat") == f"{keys.PREFIX}:tiny-chat"  # the name it had before bands
     assert keys.queue_place("tiny-chat", keys.queue_name("other-model")) is None
+
+
+def test_the_lanes_come_from_the_environment_within_bounds():
+    from shared.config import Settings
+    from shared.priority import DEFAULT_LANES, MAX_LANES, lanes_from_env
+
+    assert lanes_from_env({}) == DEFAULT_LANES == Settings().priority_lanes
+    assert lanes_from_env({"MODELYARD_PRIORITY_LANES": "8"}) == 8
+    for bad in ("0", str(MAX_LANES + 1), "four"):
+        with pytest.raises(ValueError, match="MODELYARD_PRIORITY_LANES"):
+            lanes_from_env({"MODELYARD_PRIORITY_LANES": bad})
