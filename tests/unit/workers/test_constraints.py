@@ -215,3 +215,32 @@ def test_bitmask_apply_masks_only_its_rows():
     assert torch.equal(out[0], logits[0]) and torch.equal(out[2], logits[2])
     assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [0, 2]
     assert torch.equal(logits, torch.zeros(3, 40))  # the input is left as it was
+
+
+def test_forced_texts_are_tokenized_once_per_vocabulary():
+    # llguidance tokenizes the bytes a grammar forces at nearly every step: the backend keeps them.
+    from dataclasses import replace
+
+    calls: list[str] = []
+    base = LM.vocabulary()
+
+    def encode(text: str) -> list[int]:
+        calls.append(text)
+        return base.encode(text)
+
+    bound = get_backend().bind(replace(base, encode=encode))
+    spec = JsonSchemaConstraint(json_schema={"type": "object", "properties": {"name": {"const": "ab"}}})
+
+    def run() -> list[frozenset[int]]:
+        matcher = bound.compile(spec)
+        masks = []
+        for token in LM.encode('{"name":"ab"}'):
+            masks.append(frozenset(allowed(matcher)))
+            assert matcher.accept(token)
+        assert matcher.done
+        return masks
+
+    first = run()
+    assert calls, "the grammar forces text: llguidance tokenizes it"
+    seen = len(calls)
+    assert run() == first and len(calls) == seen  # the same texts again: no tokenizer call
