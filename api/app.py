@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, middleware: Sequence[DispatchMi
         files,
         owner=router.channel,
         window=settings.batch_window,
+        busy_window=settings.batch_window_busy,
         max_lines=settings.batch_max_lines,
         request_timeout=settings.request_timeout,
     )

@@ -216,6 +216,8 @@ class Dispatcher:
             )
             if also is not None:
                 also(pipe)
+            if job.band != "batch":  # batches yield to interactive traffic (api/batches/runner.py)
+                pipe.set(keys.interactive_key(), 1, px=keys.INTERACTIVE_TTL_MS)
             pipe.zcount(keys.model_workers_key(job.model), time.time(), "+inf")
             # The jobs of the bands above it and of its own lane: a flood of low-band work does
             # not make a high request's queue full, nor one key's flood another key's.

@@ -80,8 +80,12 @@ class Settings(BaseModel):
     file_max_bytes: PositiveInt = 100 * 1024 * 1024
     #: Most request lines of a batch input file (400 past it).
     batch_max_lines: PositiveInt = 50_000
-    #: Lines of one batch queued or running at a time: the rest wait in its file, not in Redis.
-    batch_window: PositiveInt = 8
+    #: Lines of one batch queued or running at a time while no interactive job was admitted in the
+    #: last 2 s: the rest wait in its file, not in Redis.
+    batch_window: PositiveInt = 64
+    #: The same while interactive jobs come (any model, any API process): a batch then leaves the
+    #: workers and the CPU to them.
+    batch_window_busy: PositiveInt = 2
     #: Fair-share lanes per priority band (docs/scheduling.md): a client's key hashes to one, and
     #: slots take the lanes of a band round robin. Process-wide, like ``key_prefix``:
     #: ``shared.priority`` reads it from the environment as it is imported; every process of a

@@ -222,3 +222,13 @@ def batch_lease_key(batch_id: str) -> str:
 #: Milliseconds a batch's lease lives unless renewed: another API process resumes a batch this
 #: long after the one running it died.
 BATCH_LEASE_MS = 10_000
+
+
+def interactive_key() -> str:
+    """Set (``INTERACTIVE_TTL_MS``) with every job admitted outside the batch band: while it lives,
+    batches run with their busy window, leaving the fleet to interactive traffic."""
+    return f"{PREFIX}:interactive"
+
+
+#: Milliseconds the interactive mark lives after the latest interactive job's admission.
+INTERACTIVE_TTL_MS = 2_000

@@ -73,6 +73,7 @@ class BatchRunner:
         *,
         owner: str,
         window: int,
+        busy_window: int,
         max_lines: int,
         request_timeout: float,
         interval: float = 1.0,
@@ -83,6 +84,9 @@ class BatchRunner:
         self.files = files
         self.owner = owner
         self.window = window
+        self.busy_window = busy_window
+        self._busy = False
+        self._busy_checked = 0.0
         self.max_lines = max_lines
         self.request_timeout = request_timeout
         self.interval = interval
@@ -107,6 +111,18 @@ class BatchRunner:
         with self._lock:
             for run in self._runs.values():
                 run.lost.set()
+
+    def window_now(self) -> int:
+        """Lines a batch may have in flight now: ``busy_window`` while interactive jobs come (the
+        mark every admission outside the batch band sets, read at most every 0.2 s), else ``window``."""
+        now = time.monotonic()
+        if now - self._busy_checked >= 0.2:
+            self._busy_checked = now
+            try:
+                self._busy = bool(self.redis.exists(keys.interactive_key()))
+            except RedisError:
+                self._busy = True  # no news is no licence to flood
+        return self.busy_window if self._busy else self.window
 
     def wake(self) -> None:
         """Look for batches now (one was just created here), not at the next tick."""
@@ -251,12 +267,13 @@ class BatchRun:
         counts = self._counts()
         last_check = 0.0
         handles = {kind: p.open("ab") for kind, p in self.partials.items()}
-        pool = ThreadPoolExecutor(self.runner.window, thread_name_prefix=f"batch-lines-{self.batch_id[-6:]}")
+        most = max(self.runner.window, self.runner.busy_window)
+        pool = ThreadPoolExecutor(most, thread_name_prefix=f"batch-lines-{self.batch_id[-6:]}")
         inflight: set[Future[tuple[Line, Outcome | None]]] = set()
         try:
             pending = (line for line in lines.read(path, endpoint) if line.custom_id not in done)
             for line in pending:
-                while len(inflight) >= self.runner.window and not self.stopping.is_set():
+                while len(inflight) >= self.runner.window_now() and not self.stopping.is_set():
                     finished, inflight = wait(inflight, timeout=_CHECK_S, return_when=FIRST_COMPLETED)
                     self._write(finished, handles, counts)
                     last_check = self._check(counts, last_check)
