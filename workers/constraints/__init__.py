@@ -23,6 +23,10 @@ How it fits together (read this to build on it, e.g. ``tool_choice`` grammars):
 * **A matcher** is one choice's place in the grammar. ``fill(bitmask, row)`` writes the tokens it
   allows next, ``accept(token)`` advances it, ``done`` says the grammar is complete and allows
   nothing but EOS (the choice ends with ``stop``), ``copy()`` gives each of ``n`` choices its own.
+  ``forced()`` (the one token allowed next, if only one is) and ``allows(token)`` (a check without
+  advancing) let the engine skip most masks: it takes forced tokens as they are and checks a token
+  sampled without a mask, masking only when it is refused
+  (:mod:`workers.engines.generation.constrained`).
 
 The bitmask is numpy ``int32 [rows, ceil(vocab / 32)]`` (:mod:`workers.constraints.bitmask`): bit
 ``j`` of word ``w`` is token ``32 * w + j``, 1 = allowed, the layout llguidance and xgrammar share.
@@ -57,6 +61,15 @@ class Matcher(Protocol):
 
     def accept(self, token: int) -> bool:
         """Advance past ``token``; False if the grammar does not allow it (``error`` says why)."""
+        ...
+
+    def forced(self) -> int | None:
+        """The one token allowed next, when the grammar allows only one (else None); cheaper than
+        a mask. It must be exact: a token here means ``fill`` would allow that token and no other."""
+        ...
+
+    def allows(self, token: int) -> bool:
+        """Whether ``token`` may come next, without advancing (a check for a pick drawn unmasked)."""
         ...
 
     @property

@@ -9,6 +9,8 @@ state, read through ``error``.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import llguidance
@@ -22,6 +24,8 @@ from workers.constraints.vocabulary import Vocabulary
 
 #: Distinct texts whose tokenization each bound vocabulary keeps (see :class:`_Tokens`).
 ENCODE_CACHE_SIZE = 4096
+#: Compiled grammars each bound vocabulary keeps (their start states; a job gets a copy).
+COMPILED_CACHE_SIZE = 32
 #: Rows from which a step's masks are filled by llguidance's thread pool (vLLM's threshold); fewer
 #: are filled one by one: the pool's threads wait for work busily, which costs a small machine a core.
 PARALLEL_FILL_ROWS = 128
@@ -30,14 +34,27 @@ PARALLEL_FILL_ROWS = 128
 class LLGuidanceMatcher:
     """A :class:`workers.constraints.Matcher` over an ``llguidance.LLMatcher``."""
 
-    def __init__(self, matcher: LLMatcher) -> None:
+    def __init__(self, matcher: LLMatcher, forcing: bool = True) -> None:
         self.inner = matcher
+        #: Whether the grammar lets llguidance force bytes (a Lark grammar may switch it off).
+        self._forcing = forcing
 
     def fill(self, bitmask: np.ndarray, row: int) -> None:
         llguidance.numpy.fill_next_token_bitmask(self.inner, bitmask, row)
 
     def accept(self, token: int) -> bool:
         return self.inner.consume_token(token)
+
+    def forced(self) -> int | None:
+        # llguidance's mask is then exactly the first fast-forward token (its compute_mask returns
+        # that singleton when the grammar forces bytes); an error state gives none.
+        if not self._forcing:
+            return None
+        tokens = self.inner.compute_ff_tokens()
+        return tokens[0] if tokens else None
+
+    def allows(self, token: int) -> bool:
+        return self.inner.validate_tokens([token]) == 1
 
     @property
     def done(self) -> bool:
@@ -48,7 +65,7 @@ class LLGuidanceMatcher:
         return grammars.message(self.inner.get_error()) or "error" if self.inner.is_error() else None
 
     def copy(self) -> LLGuidanceMatcher:
-        return LLGuidanceMatcher(self.inner.deep_copy())
+        return LLGuidanceMatcher(self.inner.deep_copy(), self._forcing)
 
 
 class LLGuidanceCompiler:
@@ -62,13 +79,31 @@ class LLGuidanceCompiler:
             eos_token=sorted(vocabulary.eos),
         )
         self._executor = LLExecutor()
+        #: Compiled specs (by their JSON), least recently used first: start states to copy.
+        self._compiled: OrderedDict[str, LLGuidanceMatcher] = OrderedDict()
+        self._compiled_lock = threading.Lock()
 
     def compile(self, spec: Constraint) -> LLGuidanceMatcher:
-        grammar = grammars.grammar_text(spec, self._vocabulary.special_id)
-        matcher = LLMatcher(self._tokenizer, grammar, log_level=0, limits=grammars.LIMITS)
-        if matcher.is_error():
-            raise grammars.refused(spec, matcher.get_error())
-        return LLGuidanceMatcher(matcher)
+        # Clients send the same schema again and again (one pydantic model per call site): a
+        # compiled grammar's start state is kept and each job gets a copy (~1 us, where compiling
+        # takes ~0.5 ms and holds the GIL, so the engine thread waits meanwhile).
+        key = spec.model_dump_json()
+        with self._compiled_lock:
+            template = self._compiled.get(key)
+            if template is not None:
+                self._compiled.move_to_end(key)
+        if template is None:
+            grammar = grammars.grammar_text(spec, self._vocabulary.special_id)
+            matcher = LLMatcher(self._tokenizer, grammar, log_level=0, limits=grammars.LIMITS)
+            if matcher.is_error():
+                raise grammars.refused(spec, matcher.get_error())
+            # With ``no_forcing`` a mask may allow more than the fast-forward tokens: none is forced.
+            template = LLGuidanceMatcher(matcher, forcing="no_forcing" not in grammar)
+            with self._compiled_lock:
+                self._compiled[key] = template
+                while len(self._compiled) > COMPILED_CACHE_SIZE:
+                    self._compiled.popitem(last=False)
+        return template.copy()  # the template itself is never handed out: nothing advances it
 
     def fill(self, rows: Sequence[tuple[LLGuidanceMatcher, int]], bitmask: np.ndarray) -> None:
         if len(rows) < PARALLEL_FILL_ROWS:

@@ -149,6 +149,13 @@ def process(logits: torch.Tensor, rows: Sequence[SequenceSampler]) -> torch.Tens
     return logits
 
 
+def truncated(params: SamplingParams) -> bool:
+    """Whether ``min_p``, ``top_k`` or ``top_p`` may drop tokens before a draw (never when greedy)."""
+    if params.temperature < GREEDY_TEMPERATURE:
+        return False
+    return params.min_p > 0 or params.top_k > 0 or params.top_p < 1
+
+
 def sample(processed: torch.Tensor, rows: Sequence[SequenceSampler]) -> list[int]:
     """One token per row: argmax at temperature 0 (below 1e-5), else a draw from what truncation leaves."""
     hot = [i for i, row in enumerate(rows) if row.params.temperature >= GREEDY_TEMPERATURE]

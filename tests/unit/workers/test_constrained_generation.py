@@ -130,3 +130,115 @@ def test_a_spec_the_library_refuses_is_refused_at_submit(run_engine) -> None:
         submit(engine, constrained(RegexConstraint(pattern="(", param="structured_outputs"), prompt="a"))
     assert caught.value.param == "structured_outputs"
     assert engine.active == 0
+
+
+@pytest.fixture
+def ways(monkeypatch) -> dict[str, int]:
+    """Counts of the matchers' forced() answers and allows() checks, to see which ways rows went."""
+    from workers.constraints.llguidance_backend import LLGuidanceMatcher
+
+    seen = {"forced": 0, "allowed": 0, "refused": 0}
+    forced, allows = LLGuidanceMatcher.forced, LLGuidanceMatcher.allows
+
+    def spy_forced(self):
+        token = forced(self)
+        seen["forced"] += token is not None
+        return token
+
+    def spy_allows(self, token):
+        ok = allows(self, token)
+        seen["allowed" if ok else "refused"] += 1
+        return ok
+
+    monkeypatch.setattr(LLGuidanceMatcher, "forced", spy_forced)
+    monkeypatch.setattr(LLGuidanceMatcher, "allows", spy_allows)
+    return seen
+
+
+LONG = {
+    "type": "object",
+    "properties": {
+        "word": {"type": "string", "maxLength": 12},
+        "n": {"type": "integer", "minimum": 0, "maximum": 999},
+        "list": {"type": "array", "items": {"enum": ["Hello", "world", "STOP"]}, "maxItems": 4},
+    },
+    "required": ["word", "n", "list"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "prompt"),
+    [
+        (JsonSchemaConstraint(json_schema=LONG), '{"word":"Hello world","n":7,"list":["STOP"]}'),
+        (JsonSchemaConstraint(json_schema=LONG), "Hello world, no JSON here"),
+        (JsonSchemaConstraint(json_schema=SCHEMA), "xyz"),
+        (RegexConstraint(pattern="[a-c]{3}(Hello| world){1,4}"), "abcHello worldzz"),
+    ],
+)
+def test_greedy_picks_are_the_masked_picks(run_engine, ways, spec, prompt) -> None:
+    # Forced tokens and unmasked draws checked by the matcher pick what the mask would: a job that
+    # asks for logprobs is masked at every step, so it is the reference.
+    engine = run_engine(FakeLM(peak=0.5))
+    for peak_prompt in (prompt, prompt[::-1]):
+        free = submit(engine, constrained(spec, prompt=peak_prompt, max_tokens=60))
+        masked = submit(engine, constrained(spec, prompt=peak_prompt, max_tokens=60, logprobs=0))
+        a, b = outcome(free).choices[0], outcome(masked).choices[0]
+        assert (a.text, a.finish_reason) == (b.text, b.finish_reason)
+    assert ways["forced"] and ways["allowed"] and ways["refused"]  # every way was taken
+
+
+def test_sampled_choices_stay_valid_over_many_seeds(run_engine, ways) -> None:
+    engine = run_engine(FakeLM(peak=0.0))
+    spec = JsonSchemaConstraint(json_schema=LONG)
+    sampled = {"prompt": "xyz", "temperature": 1.0, "max_tokens": 200}
+    tickets = [submit(engine, constrained(spec, **sampled, seed=s)) for s in range(60)]
+    # Truncated draws go masked (truncating unmasked logits is not truncating masked ones).
+    truncated = {**sampled, "temperature": 0.8, "top_k": 5, "top_p": 0.9}
+    tickets += [submit(engine, constrained(spec, **truncated, seed=s)) for s in range(10)]
+    texts = []
+    for ticket in tickets:
+        choice = outcome(ticket).choices[0]
+        assert choice.finish_reason == "stop"
+        value = json.loads(choice.text)
+        assert set(value) == {"word", "n", "list"} and len(value["word"]) <= 12 and 0 <= value["n"] <= 999
+        assert set(value["list"]) <= {"Hello", "world", "STOP"} and len(value["list"]) <= 4
+        texts.append(choice.text)
+    assert len(set(texts)) > 50
+    assert ways["allowed"] and ways["refused"]
+    # The same seed gives the same text again.
+    again = submit(engine, constrained(spec, **sampled, seed=3))
+    assert outcome(again).choices[0].text == texts[3]
+
+
+def test_logprob_rows_stay_masked_beside_drawn_rows(run_engine) -> None:
+    engine = run_engine(FakeLM(peak=0.0))
+    spec = JsonSchemaConstraint(json_schema=SCHEMA)
+    drawn = [submit(engine, constrained(spec, prompt="q", temperature=1.0, seed=s)) for s in range(4)]
+    job = constrained(spec, prompt="q", temperature=1.0, seed=9, logprobs=20)
+    choice = outcome(submit(engine, job)).choices[0]
+    json.loads(choice.text)
+    for entry in choice.logprobs:
+        possible = [t for t in entry.top if t.logprob > MIN_LOGPROB]
+        assert entry.logprob > MIN_LOGPROB and entry.token in {t.token for t in possible}
+        assert math.isclose(sum(math.exp(t.logprob) for t in possible), 1.0, rel_tol=1e-3)
+    assert any(math.isclose(e.logprob, 0.0, abs_tol=1e-6) for e in choice.logprobs)  # a forced token
+    for ticket in drawn:
+        json.loads(outcome(ticket).choices[0].text)
+
+
+def test_a_refused_draw_masks_the_next_unforced_steps_for_a_while() -> None:
+    from workers.engines.generation.constrained import MAX_BACKOFF, Pace
+
+    pace = Pace()
+    assert pace.draws_first
+    budgets = []
+    for _ in range(7):
+        pace.drawn(allowed=False)
+        budgets.append(pace.masked)
+        while not pace.draws_first:
+            pace.masked_step()
+    assert budgets == [1, 2, 4, 8, 16, MAX_BACKOFF, MAX_BACKOFF]
+    pace.drawn(allowed=True)
+    pace.drawn(allowed=False)
+    assert pace.masked == 1  # an allowed draw starts the backoff over

@@ -244,3 +244,57 @@ def test_forced_texts_are_tokenized_once_per_vocabulary():
     assert calls, "the grammar forces text: llguidance tokenizes it"
     seen = len(calls)
     assert run() == first and len(calls) == seen  # the same texts again: no tokenizer call
+
+
+WALKS = [
+    JsonSchemaConstraint(
+        json_schema={
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 6},
+                "kind": {"enum": ["cat", "dog", "Hello world"]},
+                "tags": {"type": "array", "items": {"type": "integer"}, "maxItems": 2},
+            },
+            "required": ["name", "kind", "tags"],
+        }
+    ),
+    RegexConstraint(pattern=r"(Hello|STOP)[a-c]{2,5} world"),
+    ChoiceConstraint(choices=["Hello world", "Hello", "STOP"]),
+    GrammarConstraint(grammar='start: "(" N ("+" N)* ")"\nN: /[1-9][0-9]?/'),
+    TagsConstraint(trigger="<tool_call>", tags=[call("search")], required=True, parallel=False),
+]
+
+
+@pytest.mark.parametrize("spec", WALKS, ids=lambda s: type(s).__name__)
+def test_forced_and_allows_agree_with_the_mask(compiler, spec):
+    # The engine takes a forced token without a mask and keeps a token drawn unmasked if allowed:
+    # both must say exactly what the mask says, all along random walks through the grammar.
+    rng = np.random.default_rng(0)
+    forced_seen = 0
+    for _ in range(30):
+        m = compiler.compile(spec)
+        for _ in range(60):
+            mask = allowed(m.copy())  # a copy: the walk's own matcher asks forced() first, as the engine does
+            token = m.forced()
+            if token is not None:
+                forced_seen += 1
+                assert mask == {token}
+            probes = rng.choice(VOCAB, size=8, replace=False).tolist() + sorted(mask)[:4]
+            assert all(m.allows(t) == (t in mask) for t in probes)
+            assert allowed(m) == mask  # asking did not move it
+            assert m.accept(int(rng.choice(sorted(mask))))
+            if m.done:
+                break
+    assert forced_seen > 0
+
+
+def test_a_spec_compiled_again_is_a_fresh_copy(compiler):
+    spec = JsonSchemaConstraint(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}})
+    first = compiler.compile(spec)
+    assert feed(first, '{"a":1')
+    second = compiler.compile(spec)  # from the kept start state: not where the first one is
+    assert allowed(second) == {byte("{")} and feed(second, '{"a":22}')
+    with pytest.raises(InvalidRequest):  # a refused spec is refused every time (nothing kept)
+        compiler.compile(RegexConstraint(pattern="(", param="structured_outputs"))
+    with pytest.raises(InvalidRequest):
+        compiler.compile(RegexConstraint(pattern="(", param="structured_outputs"))

@@ -4,7 +4,7 @@ One engine thread owns the model. Between decode steps it drops finished sequenc
 ones and joins them to the running batch, so a long generation never holds back a short one. Which
 waiting choices start is ``admission``'s rule; jobs are checked and tokenized in ``prepare``, kept in
 ``state``, and their text is made in ``text``; the model is reached through ``model.LanguageModel``.
-Rows with a grammar (structured output) are masked before sampling by ``constrained``.
+Rows with a grammar (structured output) get tokens their grammar allows through ``constrained``.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ class GenerationEngine(Engine):
         Changes no state of the engine or of a job (the sequences are new), so it can be retried.
         """
         seqs = [start_sequence(req, index, self._lm) for req, index in plan.choices]
-        masks = self._constraints.start([seq.matcher for seq in seqs])  # filled during the forward pass
+        masks = self._constraints.start(seqs)  # worked on during the forward pass
         logits, batch = self._lm.prefill(plan.prompts)
         if plan.rows != list(range(len(plan.prompts))):  # n > 1: one prefill per prompt, copied per choice
             batch.keep(plan.rows)
@@ -300,7 +300,7 @@ class GenerationEngine(Engine):
         assert self._batch is not None
         seqs = self._running
         try:
-            masks = self._constraints.start([seq.matcher for seq in seqs])  # filled during the step
+            masks = self._constraints.start(seqs)  # worked on during the step
             logits = self._batch.step([seq.last_token for seq in seqs])
             picks = self._pick(logits, seqs, masks)
         except Exception:
@@ -313,10 +313,11 @@ class GenerationEngine(Engine):
             self._accept(seq, token, logprob, out)
 
     def _pick(self, logits: torch.Tensor, seqs: Sequence[SequenceState], masks: Masks | None) -> list[_Pick]:
-        """Each row's next token, and its logprobs when its job asked for them (grammars masked)."""
+        """Each row's next token, and its logprobs when its job asked for them (grammars enforced)."""
         samplers = [seq.sampler for seq in seqs]
         processed = self._constraints.apply(sampling.process(logits, samplers), masks)
         tokens = sampling.sample(processed, samplers)
+        processed = self._constraints.settle(processed, seqs, tokens, masks)  # forced and refused picks
         logprobs = sampling.logprobs(processed, samplers, tokens)
         sampling.record(samplers, tokens)
         return list(zip(tokens, logprobs, strict=True))

@@ -22,6 +22,7 @@ from shared.jobs import (
 from shared.tools import ToolCallDelta
 from workers.constraints import Matcher
 from workers.engines.base import Ticket
+from workers.engines.generation.constrained import Pace
 from workers.engines.generation.text import Detokenizer, StopMatcher
 from workers.engines.sampling import SequenceSampler
 from workers.tools import ToolFormat
@@ -118,6 +119,8 @@ class SequenceState:
     finish_reason: FinishReason | None = None
     #: This choice's own place in the job's grammar (None: free text).
     matcher: Matcher | None = None
+    #: How its grammar's unforced picks go: drawn first, or masked after refused draws.
+    pace: Pace = field(default_factory=Pace)
     #: The parse of its text into content and tool calls (None: no tools), and the call fragments
     #: not yet handed to the outbox.
     tools: Reader | None = None
