@@ -8,6 +8,7 @@ any size is never held in memory.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,17 @@ def _parse(raw: bytes, number: int, endpoint: str) -> Line | dict[str, Any]:
     return Line(number, custom_id, body)
 
 
+#: Lines read between two yields of the reading thread.
+_YIELD_EVERY = 256
+
+
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number % _YIELD_EVERY == 0:
+                # Under gevent (bin/api) the runner shares the API's event loop: a long file read
+                # in one go would hold every request of the process meanwhile.
+                time.sleep(0)
             if raw.strip():
                 yield number, raw
 
