@@ -5,9 +5,11 @@
 
 1. ``masks``: the constraint hook's cost per decode step, in process: 16 rows under a JSON Schema
    (each at its own place in it), for a 32k and a 128k vocabulary (made up: the 256 bytes and
-   random word pieces, with and without a leading space), the fill (llguidance, all rows in one
-   parallel call) and the apply (``workers.constraints.bitmask.apply`` on float32 logits) timed
-   apart, per step and per row; also binding the vocabulary (once per model) and compiling.
+   random word pieces, with and without a leading space), the fill (llguidance, every row) and the
+   apply (``workers.constraints.bitmask.apply`` on float32 logits) timed apart, per step and per
+   row; the engine's way (forced tokens without a mask, a check of an unmasked draw, the mask only
+   for a refused one) with every draw allowed and with every draw refused; also binding the
+   vocabulary (once per model) and compiling.
 2. ``throughput``: tiny-chat tokens/s at concurrency 16 with the same JSON Schema on every request
    against the same requests without one (target >= 0.8x), through a stack of its own (redis-server,
    ``bin/worker``, ``bin/api`` on free ports of 127.0.0.1), windows alternated so load drifts on the
@@ -128,8 +130,10 @@ def bench_masks(args: argparse.Namespace) -> None:
         rng = np.random.default_rng(0)
         rows = [template.copy() for _ in range(args.rows)]
         logits = torch.randn(args.rows, size)
-        fills, applies = [], []
+        fills, applies, kept, redrawn = [], [], [], []
+        forced_rows = 0
         for _ in range(args.steps):
+            ahead = [m.copy() for m in rows]
             mask = bitmask.allocate(args.rows, size)
             t0 = time.perf_counter()
             compiler.fill([(m, j) for j, m in enumerate(rows)], mask)
@@ -138,6 +142,10 @@ def bench_masks(args: argparse.Namespace) -> None:
             t2 = time.perf_counter()
             fills.append(t1 - t0)
             applies.append(t2 - t1)
+            yes, no = way_of_the_engine(compiler, ahead, masked, size)
+            kept.append(yes[0])
+            redrawn.append(no)
+            forced_rows += yes[1]
             for j, matcher in enumerate(rows):
                 allowed = np.flatnonzero(torch.isfinite(masked[j]).numpy())
                 matcher.accept(int(rng.choice(allowed)))
@@ -152,11 +160,37 @@ def bench_masks(args: argparse.Namespace) -> None:
                 "per_row_fill_and_apply_mean_ms": round(
                     (sum(fills) + sum(applies)) * 1000 / len(fills) / args.rows, 4
                 ),
+                "engine_way_draws_allowed": stats_ms(kept),
+                "engine_way_draws_refused": stats_ms(redrawn),
+                "forced_row_share": round(forced_rows / (args.steps * args.rows), 3),
                 "bind_vocabulary_s": round(bind_s, 3),
                 "compile_schema_ms": round(compile_s * 1000, 2),
                 "steps": args.steps,
             }
         )
+
+
+def way_of_the_engine(
+    compiler: Any, rows: list[Any], masked: torch.Tensor, size: int
+) -> tuple[tuple[float, int], float]:
+    """The grammar's work on one step in the engine's way (``workers.engines.generation.constrained``):
+    ``forced()`` on every row, then a check of a token drawn without a mask on the others, allowed (a
+    model that writes what the grammar wants: no mask) or refused (a random model: the mask too).
+    Returns ((seconds with every draw allowed, forced rows), seconds with every draw refused)."""
+    allowed = [np.flatnonzero(torch.isfinite(masked[j]).numpy()) for j in range(len(rows))]
+    refused = [int(np.flatnonzero(~torch.isfinite(masked[j]).numpy())[0]) for j in range(len(rows))]
+    t0 = time.perf_counter()
+    unforced = [j for j, m in enumerate(rows) if m.forced() is None]
+    t1 = time.perf_counter()
+    for j in unforced:
+        rows[j].allows(int(allowed[j][0]))
+    t2 = time.perf_counter()
+    for j in unforced:
+        rows[j].allows(refused[j])
+    if unforced:
+        compiler.fill([(rows[j], j) for j in unforced], bitmask.allocate(len(rows), size))
+    t3 = time.perf_counter()
+    return (t2 - t0, len(rows) - len(unforced)), (t1 - t0) + (t3 - t2)
 
 
 # -- 2. throughput through the stack ---------------------------------------------------------------
