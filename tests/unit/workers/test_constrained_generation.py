@@ -240,5 +240,8 @@ def test_a_refused_draw_masks_the_next_unforced_steps_for_a_while() -> None:
             pace.masked_step()
     assert budgets == [1, 2, 4, 8, 16, MAX_BACKOFF, MAX_BACKOFF]
     pace.drawn(allowed=True)
+    assert pace.draws_first and pace.backoff == MAX_BACKOFF // 2  # an allowed draw halves the backoff
+    for _ in range(5):
+        pace.drawn(allowed=True)
     pace.drawn(allowed=False)
-    assert pace.masked == 1  # an allowed draw starts the backoff over
+    assert pace.masked == 1  # mostly allowed draws: back to drawing first nearly always

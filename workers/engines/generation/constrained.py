@@ -22,7 +22,7 @@ constrained row goes one of three ways (rows without a constraint are left as th
   allowed tokens hold ``Z``, is drawn with ``p(x) + (1 - Z) p(x) / Z = p(x) / Z``; greedy takes the
   same token either way. A refused draw costs a check and a second draw more than the mask alone
   would, so a row whose draw was refused goes masked for its next 1, 2, 4 ... :data:`MAX_BACKOFF`
-  unforced steps (its :class:`Pace`), and draws first again after that; an allowed draw resets it.
+  unforced steps (its :class:`Pace`), and draws first again after that; an allowed draw halves it.
   A model that writes what the grammar wants (a trained one, asked for JSON) nearly always draws
   first; a random-weight one, whose draws are mostly refused, mostly goes masked.
 
@@ -65,9 +65,12 @@ class Pace:
         return self.masked == 0
 
     def drawn(self, allowed: bool) -> None:
-        """A draw-first pick was allowed (back to drawing first) or refused (masked for a while)."""
+        """A draw-first pick was allowed (the backoff halves) or refused (it doubles: masked for a
+        while). A row whose draws are mostly allowed draws first nearly always; one whose draws are
+        mostly refused (past about half: there a refused draw's extra check and draw cost more than
+        the masks an allowed one saves) drifts to masked steps and a draw every :data:`MAX_BACKOFF`."""
         if allowed:
-            self.backoff = 0
+            self.backoff //= 2
         else:
             self.backoff = min(max(2 * self.backoff, 1), MAX_BACKOFF)
             self.masked = self.backoff
