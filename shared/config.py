@@ -83,9 +83,9 @@ class Settings(BaseModel):
     #: Lines of one batch queued or running at a time while no interactive job was admitted in the
     #: last 2 s: the rest wait in its file, not in Redis.
     batch_window: PositiveInt = 64
-    #: The same while interactive jobs come (any model, any API process): a batch then leaves the
-    #: workers and the CPU to them.
-    batch_window_busy: PositiveInt = 2
+    #: The same while interactive jobs come (any model, any API process), each line followed by a
+    #: rest three times as long as it ran: a batch then leaves the workers and the CPU to them.
+    batch_window_busy: PositiveInt = 1
     #: Fair-share lanes per priority band (docs/scheduling.md): a client's key hashes to one, and
     #: slots take the lanes of a band round robin. Process-wide, like ``key_prefix``:
     #: ``shared.priority`` reads it from the environment as it is imported; every process of a

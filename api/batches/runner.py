@@ -50,6 +50,8 @@ return 0
 
 #: Seconds between a run's looks at its batch (cancelled? expired?) and writes of its counts.
 _CHECK_S = 0.5
+#: The share of its time a busy window's line runs (the rest it rests).
+_BUSY_DUTY = 0.25
 #: Longest pause before a line refused for a retryable reason is sent again.
 _MAX_BACKOFF_S = 10.0
 
@@ -298,7 +300,12 @@ class BatchRun:
             left = min(self.runner.request_timeout, self.expires_at - time.time())
             if left < 1:
                 break
+            started = time.monotonic()
             outcome = run_line(self.runner.app, endpoint, line, left, self.stopping.is_set)
+            if self.runner.window_now() == self.runner.busy_window:
+                # While interactive jobs come, a line's turn is also a rest (its slot of the window
+                # stays taken): the batch keeps only a share of the workers and the CPU it runs on.
+                self.stopping.wait((time.monotonic() - started) * (1 / _BUSY_DUTY - 1))
             if outcome.status not in RETRYABLE:
                 return line, outcome
             log.info("batch %s line %d: %s; sent again", self.batch_id, line.number, outcome.status)

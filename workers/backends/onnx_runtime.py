@@ -55,6 +55,9 @@ def open_graph(path: Path, backend: ModelBackend, threads: int | None) -> Graph:
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
+    # ONNX Runtime's threads spin between runs by default: beside a stream of small batches that
+    # burns every core it has and starves the other workers of the host (bench/RESULTS.md, issue 14).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
