@@ -1,18 +1,15 @@
 """Running batches: each API process has a :class:`BatchRunner`; one of them at a time holds a
 batch's lease and runs it (:class:`BatchRun`), so a batch goes on when the process running it dies.
 
-A run validates the input file, then sends its lines ``Settings.batch_window`` at a time through
-the endpoint's view in the batch band (api/batches/execute.py) and appends each answer to the
-batch's partial output or error file. Those files are the record of what is done: a run that takes
-over reads them and sends only the lines they lack, so no line reaches the output twice (a line in
-flight when its runner died runs again; its first answer went to nobody). At the end the partial
-files become the batch's output and error files, under ids derived from the batch's, so finishing
-twice makes the same files.
+A run validates the input file, then sends its lines a window at a time through the endpoint's
+view in the batch band (api/batches/execute.py) and appends each answer to the batch's partial files
+(api/batches/partials.py), the record of what is done: a run that takes over sends only the lines
+they lack, so no line reaches the output twice (a line in flight when its runner died runs again;
+its first answer went to nobody).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -26,8 +23,9 @@ from redis import Redis, RedisError
 
 from api.batches import lines
 from api.batches.execute import RETRYABLE, Outcome, expired_line, output_line, run_line
-from api.batches.files import OUTPUT_PURPOSE, FileStore
+from api.batches.files import FileStore
 from api.batches.lines import Line
+from api.batches.partials import Partials
 from api.batches.store import FINAL, BatchStore
 from shared import keys
 
@@ -54,12 +52,6 @@ _CHECK_S = 0.5
 _BUSY_DUTY = 0.25
 #: Longest pause before a line refused for a retryable reason is sent again.
 _MAX_BACKOFF_S = 10.0
-
-
-def output_file_ids(batch_id: str) -> tuple[str, str]:
-    """The ids of a batch's output and error files (fixed, so a second finish makes no new files)."""
-    token = batch_id.removeprefix("batch_")
-    return f"file-{token}out", f"file-{token}err"
 
 
 class BatchRunner:
@@ -114,9 +106,9 @@ class BatchRunner:
             for run in self._runs.values():
                 run.lost.set()
 
-    def window_now(self) -> int:
-        """Lines a batch may have in flight now: ``busy_window`` while interactive jobs come (the
-        mark every admission outside the batch band sets, read at most every 0.2 s), else ``window``."""
+    def busy(self) -> bool:
+        """Whether interactive jobs come: the mark every admission outside the batch band sets, read
+        at most every 0.2 s."""
         now = time.monotonic()
         if now - self._busy_checked >= 0.2:
             self._busy_checked = now
@@ -124,7 +116,11 @@ class BatchRunner:
                 self._busy = bool(self.redis.exists(keys.interactive_key()))
             except RedisError:
                 self._busy = True  # no news is no licence to flood
-        return self.busy_window if self._busy else self.window
+        return self._busy
+
+    def window_now(self) -> int:
+        """Lines a batch may have in flight now."""
+        return self.busy_window if self.busy() else self.window
 
     def wake(self) -> None:
         """Look for batches now (one was just created here), not at the next tick."""
@@ -185,11 +181,9 @@ class BatchRun:
         self.lost = threading.Event()
         #: Set when the lines in flight must stop: lost, cancelled or expired.
         self.stopping = threading.Event()
-        root = runner.files.root / ".batches"
-        root.mkdir(parents=True, exist_ok=True)
         #: When the batch expires (its object's ``expires_at``, read again at each check).
         self.expires_at = 0.0
-        self.partials = {"output": root / f"{batch_id}.output", "error": root / f"{batch_id}.error"}
+        self.partials = Partials(runner.files, batch_id)
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> None:
@@ -202,7 +196,7 @@ class BatchRun:
         if record.status == "validating" and not self._validate(record.batch, path):
             return
         batch = store.load(self.batch_id).batch
-        done = self._recover()
+        done = self.partials.recover()
         if batch["status"] == "in_progress" and path is not None:
             self._send(batch, path, done)
         if self.lost.is_set():
@@ -248,27 +242,13 @@ class BatchRun:
 
         return self.runner.store.update(self.batch_id, change).status == "in_progress"
 
-    def _recover(self) -> set[str]:
-        """The custom_ids already answered, from the partial files (a torn last line is cut off)."""
-        done: set[str] = set()
-        for path in self.partials.values():
-            if not path.exists():
-                continue
-            data = path.read_bytes()
-            whole = data[: data.rfind(b"\n") + 1]
-            if len(whole) != len(data):
-                with path.open("r+b") as handle:
-                    handle.truncate(len(whole))
-            done.update(json.loads(raw)["custom_id"] for raw in whole.splitlines() if raw.strip())
-        return done
-
     # -- sending the lines -----------------------------------------------------------------
     def _send(self, batch: dict[str, Any], path: Path, done: set[str]) -> None:
         endpoint = batch["endpoint"]
         self.expires_at = batch["expires_at"]
-        counts = self._counts()
+        counts = self.partials.counts()
         last_check = 0.0
-        handles = {kind: p.open("ab") for kind, p in self.partials.items()}
+        handles = self.partials.open()
         most = max(self.runner.window, self.runner.busy_window)
         pool = ThreadPoolExecutor(most, thread_name_prefix=f"batch-lines-{self.batch_id[-6:]}")
         inflight: set[Future[tuple[Line, Outcome | None]]] = set()
@@ -302,7 +282,7 @@ class BatchRun:
                 break
             started = time.monotonic()
             outcome = run_line(self.runner.app, endpoint, line, left, self.stopping.is_set)
-            if self.runner.window_now() == self.runner.busy_window:
+            if self.runner.busy():
                 # While interactive jobs come, a line's turn is also a rest (its slot of the window
                 # stays taken): the batch keeps only a share of the workers and the CPU it runs on.
                 self.stopping.wait((time.monotonic() - started) * (1 / _BUSY_DUTY - 1))
@@ -319,9 +299,7 @@ class BatchRun:
             if outcome is None or self.lost.is_set():
                 continue  # stopped: it runs again when the batch resumes (or never, cancelled)
             ok = 200 <= outcome.status < 300
-            handle = handles["output" if ok else "error"]
-            handle.write(json.dumps(output_line(line, outcome), ensure_ascii=False).encode() + b"\n")
-            handle.flush()
+            self.partials.append(handles["output" if ok else "error"], output_line(line, outcome))
             counts["completed" if ok else "failed"] += 1
 
     def _check(self, counts: dict[str, int], last: float) -> float:
@@ -337,15 +315,6 @@ class BatchRun:
             self.stopping.set()
         return now
 
-    def _counts(self) -> dict[str, int]:
-        counts = {"completed": 0, "failed": 0}
-        for kind, key in (("output", "completed"), ("error", "failed")):
-            path = self.partials[kind]
-            if path.exists():
-                with path.open("rb") as handle:
-                    counts[key] = sum(1 for raw in handle if raw.strip())
-        return counts
-
     def _save_counts(self, counts: dict[str, int]):
         def change(b: dict[str, Any]) -> None:
             b["request_counts"].update(counts)
@@ -355,32 +324,21 @@ class BatchRun:
     # -- the end ---------------------------------------------------------------------------
     def _expire(self, path: Path, endpoint: str, done: set[str]) -> None:
         """An error line for every line the batch did not answer before it expired."""
-        answered = self._recover() | done
-        with self.partials["error"].open("ab") as handle:
+        answered = self.partials.recover() | done
+        with self.partials.paths["error"].open("ab") as handle:
             for line in lines.read(path, endpoint):
                 if line.custom_id not in answered:
-                    handle.write(json.dumps(expired_line(line), ensure_ascii=False).encode() + b"\n")
+                    self.partials.append(handle, expired_line(line))
 
     def _finish(self, status: str) -> None:
-        """Make the partial files the batch's output and error files and end it with ``status``."""
+        """Publish the partial files as the batch's output and error files; end it with ``status``."""
         store = self.runner.store
         if status == "completed":
             store.update(
                 self.batch_id, lambda b: b.update(status="finalizing", finalizing_at=int(time.time()))
             )
-        counts = self._counts()
-        ids: dict[str, str | None] = {}
-        for kind, file_id in zip(("output", "error"), output_file_ids(self.batch_id), strict=True):
-            partial = self.partials[kind]
-            if self.runner.files.exists(file_id):
-                ids[kind] = file_id
-            elif partial.exists() and partial.stat().st_size:
-                name = f"{self.batch_id}_{kind}.jsonl"
-                self.runner.files.add(partial, file_id, name, OUTPUT_PURPOSE, self._owner())
-                ids[kind] = file_id
-            else:
-                ids[kind] = None
-            partial.unlink(missing_ok=True)
+        counts = self.partials.counts()
+        ids = self.partials.publish(self._owner())
         if counts == {"completed": 0, "failed": 0}:  # the partials were moved by a finish before
             counts = store.load(self.batch_id).batch["request_counts"]
 
