@@ -245,12 +245,15 @@ def test_a_batch_survives_a_killed_worker_and_a_restarted_api(
     crash(server.proc)
     at_crash = sdk.batches.retrieve(batch.id).request_counts.completed
     restarted, log = start_api(env, tmp_path / "api-2.log", port=server.port)
+    replacement = start_worker(SPARE)
     try:
-        start_worker(SPARE)
         done = wait_final(client(restarted), batch.id)
     finally:
         stop_process(restarted.proc)
         log.close()
+        # The session's factory would keep them (the one not killed) for the modules after this.
+        replacement.stop()
+        worker.stop()
     assert done.status == "completed" and at_crash < len(bodies)
     out = output_of(sdk, done.output_file_id)
     ids = [line["custom_id"] for line in out]

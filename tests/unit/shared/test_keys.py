@@ -46,6 +46,7 @@ def every_name(worker_id: str = DOTTED_WORKER) -> list[str]:
         keys.batches_key(),
         keys.active_batches_key(),
         keys.batch_lease_key("batch_1"),
+        keys.interactive_key(),
     ]
 
 
@@ -74,6 +75,7 @@ def test_every_name_function_is_covered():
         "batches_key",
         "active_batches_key",
         "batch_lease_key",
+        "interactive_key",
     }
     not_names = {
         "slot_worker_name",
