@@ -116,3 +116,24 @@ def tei_rerank(
             item["text"] = texts[i]
         items.append(item)
     return items
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list object (``/v1/files``, ``/v1/batches``, a response's input items)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def page(items: list[dict[str, Any]], order: str, limit: int, after: str | None) -> dict[str, Any]:
+    """The list object of ``items`` (oldest first) in ``order`` (desc: newest first, OpenAI's
+    default), from after the item ``after``, at most ``limit``."""
+    ordered = list(reversed(items)) if order == "desc" else list(items)
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    return list_object(ordered[:limit], len(ordered) > limit)

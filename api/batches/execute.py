@@ -4,6 +4,7 @@ its own, so a line is validated, queued and answered exactly as the same request
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from api.disconnect import GONE_ENVIRON_KEY
 from api.priority import HEADER as PRIORITY_HEADER
 
 
+@functools.cache
 def views() -> dict[str, Callable[[], Any]]:
     """The view serving each endpoint a batch may name (api/batches/lines.py ENDPOINTS)."""
     from api.routes import generation, pooling, responses  # the routes import the services, and these
@@ -78,17 +80,15 @@ def run_line(app: Flask, endpoint: str, line: Line, timeout: float, gone: Callab
 def output_line(line: Line, outcome: Outcome) -> dict[str, Any]:
     """The output (2xx) or error file line of a line's outcome, in OpenAI's shape."""
     request_id = outcome.request_id or f"req_{line.number}"
-    line_id = f"batch_req_{request_id}"
-    if 200 <= outcome.status < 300:
-        response = {"status_code": outcome.status, "request_id": request_id, "body": outcome.body}
-        return {"id": line_id, "custom_id": line.custom_id, "response": response, "error": None}
-    error = (outcome.body or {}).get("error") if isinstance(outcome.body, dict) else None
-    response = {"status_code": outcome.status, "request_id": request_id, "body": outcome.body}
+    error = None
+    if not 200 <= outcome.status < 300:
+        body = (outcome.body.get("error") if isinstance(outcome.body, dict) else None) or {}
+        error = {"code": body.get("code"), "message": body.get("message")}
     return {
-        "id": line_id,
+        "id": f"batch_req_{request_id}",
         "custom_id": line.custom_id,
-        "response": response,
-        "error": {"code": (error or {}).get("code"), "message": (error or {}).get("message")},
+        "response": {"status_code": outcome.status, "request_id": request_id, "body": outcome.body},
+        "error": error,
     }
 
 

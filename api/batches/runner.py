@@ -184,6 +184,7 @@ class BatchRun:
         #: When the batch expires (its object's ``expires_at``, read again at each check).
         self.expires_at = 0.0
         self.partials = Partials(runner.files, batch_id)
+        self.owner: str | None = None
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> None:
@@ -191,6 +192,7 @@ class BatchRun:
         record = store.load(self.batch_id)
         if record is None or record.status in FINAL:
             return
+        self.owner = record.owner  # its output files are its owner's
         input_file = self.runner.files.get(record.batch["input_file_id"], None)
         path = input_file.path if input_file is not None else None
         if record.status == "validating" and not self._validate(record.batch, path):
@@ -338,7 +340,7 @@ class BatchRun:
                 self.batch_id, lambda b: b.update(status="finalizing", finalizing_at=int(time.time()))
             )
         counts = self.partials.counts()
-        ids = self.partials.publish(self._owner())
+        ids = self.partials.publish(self.owner)
         if counts == {"completed": 0, "failed": 0}:  # the partials were moved by a finish before
             counts = store.load(self.batch_id).batch["request_counts"]
 
@@ -349,7 +351,3 @@ class BatchRun:
 
         store.update(self.batch_id, change)
         log.info("batch %s %s: %s", self.batch_id, status, counts)
-
-    def _owner(self) -> str | None:
-        record = self.runner.store.load(self.batch_id)
-        return record.owner if record else None

@@ -115,19 +115,3 @@ def input_items(response: str, items: list[Any]) -> list[dict[str, Any]]:
             body["content"] = parts
         listed.append(body)
     return listed
-
-
-def page(items: list[dict[str, Any]], order: str, limit: int, after: str | None) -> dict[str, Any]:
-    """OpenAI's list object over ``items`` (``order`` desc: newest first, OpenAI's default)."""
-    ordered = list(reversed(items)) if order == "desc" else list(items)
-    if after is not None:
-        ids = [item["id"] for item in ordered]
-        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-    data = ordered[:limit]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": len(ordered) > limit,
-    }

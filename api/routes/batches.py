@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from api.batches.store import BatchRecord, new_batch
+from api.openai_objects import list_object
 from api.routes.common import int_arg, json_body, owner_of_request
 from api.routes.files import stored_file
 from api.schemas.base import parse_body
@@ -52,15 +53,7 @@ def get_batch(batch_id: str):
 def list_batches():
     limit = int_arg("limit", 20, 1, 100)
     data, more = services().batches.page(owner_of_request(), request.args.get("after"), limit)
-    return jsonify(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+    return jsonify(list_object(data, more))
 
 
 @bp.post("/batches/<batch_id>/cancel")

@@ -117,6 +117,14 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def order_arg() -> str:
+    """The ``order`` query argument of a list endpoint: ``asc``, or ``desc`` (the default), else 400."""
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be 'asc' or 'desc'", param="order")
+    return order
+
+
 def owner_of_request() -> str | None:
     """Who owns what this request creates (a file, a batch): its hashed key; None without keys."""
     return subject_of_request() if services().settings.api_keys else None

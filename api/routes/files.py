@@ -6,8 +6,8 @@ from flask import Blueprint, jsonify, request, send_file
 
 from api.batches import lines
 from api.batches.files import UPLOAD_PURPOSES, StoredFile
-from api.responses.store import page
-from api.routes.common import int_arg, owner_of_request
+from api.openai_objects import page
+from api.routes.common import int_arg, order_arg, owner_of_request
 from api.services import services
 from shared.errors import InvalidRequest, NotFound
 
@@ -40,12 +40,9 @@ def upload_file():
 
 @bp.get("/files")
 def list_files():
-    order = request.args.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("order must be 'asc' or 'desc'", param="order")
     limit = int_arg("limit", 10_000, 1, 10_000)
     listed = [f.object for f in services().files.list(owner_of_request(), request.args.get("purpose"))]
-    return jsonify(page(list(reversed(listed)), order, limit, request.args.get("after")))
+    return jsonify(page(list(reversed(listed)), order_arg(), limit, request.args.get("after")))
 
 
 def stored_file(file_id: str, param: str = "file_id") -> StoredFile:

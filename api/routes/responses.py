@@ -9,12 +9,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from api.openai_objects import page
 from api.ratelimit import subject_of_request
 from api.responses import background, replay
 from api.responses.events import Event, Translator
 from api.responses.objects import response_id, skeleton
-from api.responses.store import Record, ResponseStore, input_items, page
-from api.routes.common import json_body, request_context
+from api.responses.store import Record, ResponseStore, input_items
+from api.routes.common import int_arg, json_body, order_arg, request_context
 from api.routes.generation import chat_generation
 from api.schemas.base import parse_body
 from api.schemas.responses import ResponseRequest, chat_messages, responses_param
@@ -179,7 +180,7 @@ def get_response(rid: str):
     if request.args.get("stream", "false").lower() in ("true", "1"):
         if not record.background:
             raise InvalidRequest("only background responses can be streamed again", param="stream")
-        starting_after = _int_arg("starting_after", -1)
+        starting_after = int_arg("starting_after", -1, -(2**63), 2**63 - 1)
         replay.check_replayable(svc.dispatcher, record, starting_after)
         return _sse(replay.events(svc.dispatcher, store, record, starting_after))
     if record.background:
@@ -196,26 +197,11 @@ def _settled(record: Record) -> dict[str, Any]:
     return record.response
 
 
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer", param=name) from None
-
-
 @bp.get("/responses/<rid>/input_items")
 def list_input_items(rid: str):
     record = _load(rid)
-    order = request.args.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("order must be 'asc' or 'desc'", param="order")
-    limit = _int_arg("limit", 20)
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("limit must be between 1 and 100", param="limit")
-    return jsonify(page(record.input_items, order, limit, request.args.get("after")))
+    limit = int_arg("limit", 20, 1, 100)
+    return jsonify(page(record.input_items, order_arg(), limit, request.args.get("after")))
 
 
 @bp.post("/responses/<rid>/cancel")
