@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,9 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import http_load  # noqa: E402
 import requests  # noqa: E402
-from loadgen import CpuMonitor  # noqa: E402
+from loadgen import CpuMonitor, percentile, run_load  # noqa: E402
 from report import emit, log, meta, rnd, spread, wait_quiet  # noqa: E402
 from serving_stack import Stack  # noqa: E402
 from workload import CHAT_MODEL, EMBED_MODEL, SENTENCES, chat_messages  # noqa: E402
@@ -59,28 +57,16 @@ def ok(status: int, body: bytes) -> float:
 
 
 def load(stack: Stack, path: str, body, concurrency: int, seconds: float) -> dict[str, Any]:
-    """``concurrency`` connections sending ``body(thread, n)`` to ``path`` for ``seconds``."""
-    latencies: list[float] = []
-    errors: list[str] = []
-
-    def record(start: float, end: float, value: float | None, error: str | None) -> None:
-        if error is None:
-            latencies.append(end - start)
-        else:
-            errors.append(error)
-
-    call = stack.call(path, body, ok)
-    started = time.perf_counter()
-    http_load.drive(concurrency, call, started + seconds, record)
-    elapsed = time.perf_counter() - started
-    latencies.sort()
+    """``concurrency`` connections sending ``body(thread, n)`` to ``path`` for ``seconds``
+    (loadgen's run, on http_load's client)."""
+    window = run_load(concurrency, 0.0, seconds, stack.call(path, body, ok), stack.monitor)
+    latencies = window.latencies_ms()
     return {
-        "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
-        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
-        "requests": len(latencies),
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
+        "requests_per_s": window.rate(),
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "requests": len(window.ok()),
+        "errors": window.errors(),
     }
 
 
