@@ -24,7 +24,7 @@ class BatchCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            records = [r for r in (self._store.load(i) for i in self._store.active()) if r is not None]
+            records = [r for r in self._store.load_many(self._store.active()) if r is not None]
         except RedisError as exc:
             log.warning("metrics: cannot read the batches: %s", exc)
             return

@@ -16,6 +16,8 @@ from shared import keys
 
 #: Seconds a batch may run (OpenAI's only ``completion_window``).
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
+#: Batch objects read per round trip while a list is paged.
+_PAGE_READ = 100
 #: Statuses after which nothing changes.
 FINAL = ("failed", "completed", "expired", "cancelled")
 
@@ -87,6 +89,13 @@ class BatchStore:
             return None
         return record
 
+    def load_many(self, batch_ids: list[str]) -> list[BatchRecord | None]:
+        """The batches of ``batch_ids`` in one round trip (None for one that is gone)."""
+        if not batch_ids:
+            return []
+        raws = self.redis.mget([keys.batch_key(i) for i in batch_ids])
+        return [_load(raw) if raw is not None else None for raw in raws]
+
     def update(self, batch_id: str, change: Callable[[dict[str, Any]], None]) -> BatchRecord:
         """Apply ``change`` to the batch object, atomically against other writers (a cancel, the
         runner); a batch that became final leaves the active set in the same transaction."""
@@ -122,13 +131,14 @@ class BatchStore:
         if after is not None:
             ids = ids[ids.index(after) + 1 :] if after in ids else []
         found: list[dict[str, Any]] = []
-        for batch_id in ids:
-            record = self.load(batch_id, owner)
-            if record is None:
-                continue
-            if len(found) == limit:
-                return found, True
-            found.append(record.batch)
+        for start in range(0, len(ids), _PAGE_READ):  # one MGET per chunk, not a GET per batch
+            chunk = ids[start : start + _PAGE_READ]
+            for record in self.load_many(chunk):
+                if record is None or (owner is not None and record.owner != owner):
+                    continue
+                if len(found) == limit:
+                    return found, True
+                found.append(record.batch)
         return found, False
 
 
