@@ -162,6 +162,19 @@ class Constraints:
         if step.masked:
             self._compiler.fill([(step.matchers[j], j) for j in step.masked], step.bitmask)
 
+    def pick(
+        self, logits: torch.Tensor, rows: Sequence[Row], masks: Masks | None
+    ) -> list[tuple[int, sampling.RowLogprobs | None]]:
+        """Each row's next token (one its grammar allows), and its logprobs when its job asked:
+        :meth:`apply`, sampling, :meth:`settle`, then the logprobs of what was finally drawn from."""
+        samplers = [row.sampler for row in rows]
+        processed = self.apply(sampling.process(logits, samplers), masks)
+        tokens = sampling.sample(processed, samplers)
+        processed = self.settle(processed, rows, tokens, masks)  # forced and refused picks
+        logprobs = sampling.logprobs(processed, samplers, tokens)
+        sampling.record(samplers, tokens)
+        return list(zip(tokens, logprobs, strict=True))
+
     def apply(self, logits: torch.Tensor, masks: Masks | None) -> torch.Tensor:
         """``logits`` with each masked row's disallowed tokens at ``-inf`` (the other rows as they are)."""
         if masks is None:

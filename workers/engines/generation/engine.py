@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
 
 import torch
 
@@ -30,7 +29,7 @@ from shared.jobs import AnyJob, GenerateJob
 from shared.status import GenerationStats, ModelCard
 from workers.engines import admission, sampling
 from workers.engines.base import Engine, EventSink, Ticket, count_outcome
-from workers.engines.generation.constrained import Constraints, Masks
+from workers.engines.generation.constrained import Constraints
 from workers.engines.generation.model import DecodeBatch, LanguageModel
 from workers.engines.generation.prepare import new_request, start_sequence
 from workers.engines.generation.state import Outbox, Prefill, RequestState, SequenceState
@@ -260,7 +259,7 @@ class GenerationEngine(Engine):
         if plan.rows != list(range(len(plan.prompts))):  # n > 1: one prefill per prompt, copied per choice
             batch.keep(plan.rows)
             logits = logits[torch.tensor(plan.rows, device=logits.device)]
-        picks = self._pick(logits, seqs, masks)
+        picks = self._constraints.pick(logits, seqs, masks)
         self._score_prompts(plan.prompt_rows)
         return seqs, batch, picks
 
@@ -302,7 +301,7 @@ class GenerationEngine(Engine):
         try:
             masks = self._constraints.start(seqs)  # worked on during the step
             logits = self._batch.step([seq.last_token for seq in seqs])
-            picks = self._pick(logits, seqs, masks)
+            picks = self._constraints.pick(logits, seqs, masks)
         except Exception:
             log.exception("decode step of %d sequences failed", len(seqs))
             self._fail_running(out, "the model failed during generation")
@@ -311,16 +310,6 @@ class GenerationEngine(Engine):
         self._stats.last_batch_size = len(seqs)
         for seq, (token, logprob) in zip(seqs, picks, strict=True):
             self._accept(seq, token, logprob, out)
-
-    def _pick(self, logits: torch.Tensor, seqs: Sequence[SequenceState], masks: Masks | None) -> list[_Pick]:
-        """Each row's next token, and its logprobs when its job asked for them (grammars enforced)."""
-        samplers = [seq.sampler for seq in seqs]
-        processed = self._constraints.apply(sampling.process(logits, samplers), masks)
-        tokens = sampling.sample(processed, samplers)
-        processed = self._constraints.settle(processed, seqs, tokens, masks)  # forced and refused picks
-        logprobs = sampling.logprobs(processed, samplers, tokens)
-        sampling.record(samplers, tokens)
-        return list(zip(tokens, logprobs, strict=True))
 
     def _score_prompts(self, prompts: dict[tuple[RequestState, int], int]) -> None:
         """Logprob entries of the prompts just prefilled whose jobs echo them with logprobs."""
