@@ -21,6 +21,7 @@ from rq.utils import utcformat
 
 from shared import keys
 from shared.catalog import ModelCatalog
+from shared.doorbell import ring
 from shared.priority import BANDS, LANES_PER_BAND
 
 log = logging.getLogger(__name__)
@@ -121,5 +122,9 @@ class Ager:
             )
             if count:
                 log.info("aging: %d jobs of %s moved up a band", count, spec.name)
+                pipe = self._redis.pipeline(transaction=False)
+                for band in BANDS[:-1]:  # every band a job can move into
+                    ring(pipe, spec.name, band)
+                pipe.execute()
             moved += count
         return moved

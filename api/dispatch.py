@@ -28,6 +28,7 @@ from api.reply_router import Event, ReplyRouter
 from shared import keys
 from shared.catalog import ModelCatalog, ModelKind, ModelSpec
 from shared.connection import PoolExhausted
+from shared.doorbell import ring, ring_queue
 from shared.errors import (
     Cancelled,
     InternalError,
@@ -214,6 +215,7 @@ class Dispatcher:
                 failure_ttl=self.retention_s,
                 pipeline=pipe,
             )
+            ring(pipe, job.model, job.band)
             if also is not None:
                 also(pipe)
             if job.band != "batch":  # batches yield to interactive traffic (api/batches/runner.py)
@@ -288,28 +290,36 @@ class Dispatcher:
         return int(above) + int(position) + peers
 
     # -- waiting ---------------------------------------------------------------------------
-    def requeue(self, job: AnyJob) -> bool:
-        """Put a job whose worker died back at the front of its queue.
+    def requeue(self, job: AnyJob) -> int | None:
+        """Put a job whose worker died back at the front of its queue; returns its new run
+        (:data:`shared.keys.JOB_RUN_FIELD`: only that run's events count now), None if it cannot.
 
         Even with no live worker left: like any queued job it waits for one (a restarted worker,
         typically) until its deadline.
         """
+        key = Job.key_for(job.job_id)
         try:
             if self.redis.exists(keys.cancel_key(job.job_id)):
-                return False
+                return None
             # The failed registry of the queue it was taken from (aging may have moved it up).
-            origin = self.redis.hget(Job.key_for(job.job_id), "origin")
+            origin = self.redis.hget(key, "origin")
             name = origin.decode() if isinstance(origin, bytes) else origin
             queue = self.named_queue(name) if name else self.queue(job.model, job.band, job.lane)
             # Aging counts from the requeue (rq stamps a new enqueued_at), not from when the job
             # last changed band: dropped while the job is in no queue, so no sweep sees it stale.
-            self.redis.hdel(Job.key_for(job.job_id), keys.BAND_SINCE_FIELD)
+            pipe = self.redis.pipeline()
+            pipe.hdel(key, keys.BAND_SINCE_FIELD)
+            pipe.hincrby(key, keys.JOB_RUN_FIELD, 1)
+            run = int(pipe.execute()[-1])
             queue.failed_job_registry.requeue(job.job_id, at_front=True)
+            pipe = self.redis.pipeline(transaction=False)
+            ring_queue(pipe, job.model, queue.name)
+            pipe.execute()
         except (RedisError, NoSuchJobError, InvalidJobOperation) as exc:
             log.warning("could not requeue job %s: %s", job.job_id, exc)
-            return False
-        log.info("requeued job %s after its worker died", job.job_id)
-        return True
+            return None
+        log.info("requeued job %s after its worker died (run %d)", job.job_id, run)
+        return run
 
     def done_result(self, event: DoneEvent):
         """The result of a done job, from the event or, when it was too big, from Redis."""

@@ -2,7 +2,8 @@
 
 rq notices an abandoned job only when its lease runs out (job timeout + 60 s for in-process
 workers). A worker's heartbeat key expires within ``heartbeat_ttl`` seconds of its death, so the
-janitor checks the started jobs of every model against the heartbeats of their workers.
+janitor checks the started jobs of every model against the heartbeats of their workers, and puts
+the jobs their slots had taken but not started back in their queues (shared/takings.py).
 
 A missing key proves a death only if the worker had a heartbeat's time to write it: after Redis
 restarts (empty, or from a snapshot with stale keys and started jobs) live workers have no key
@@ -29,6 +30,7 @@ from shared.catalog import ModelCatalog
 from shared.events import WorkerLostEvent, encode_event
 from shared.jobs import BadMessage, decode_job
 from shared.status import WorkerStatus
+from shared.takings import Takings
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class Janitor:
         self._run_id: str | None = None
         #: Started jobs without their worker's record, by id: when a sweep first saw each.
         self._unowned_since: dict[str, float] = {}
+        self._takings = Takings(redis)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -169,7 +172,33 @@ class Janitor:
                 seen.update(job_id for job_id, _ in entries)
                 lost += self._sweep_registry(model, registry, entries)
         self._unowned_since = {job_id: at for job_id, at in self._unowned_since.items() if job_id in seen}
+        self._return_takings()
         return lost
+
+    def _return_takings(self) -> None:
+        """Put the jobs that slots of dead workers took and never started back in their queues
+        (shared/takings.py), and forget those slots."""
+        takers = {
+            as_text(slot): as_text(worker) for slot, worker in self._redis.hgetall(keys.takers_key()).items()
+        }
+        if not takers:
+            return
+        workers = sorted(set(takers.values()))
+        alive = {
+            w
+            for w, status in zip(
+                workers, self._redis.mget([keys.worker_key(w) for w in workers]), strict=True
+            )
+            if status
+        }
+        for slot, worker in takers.items():
+            if worker not in alive and (returned := self._takings.give_back(slot, forget=True)):
+                log.warning(
+                    "%d jobs taken by slot %s of the lost worker %s went back to their queues",
+                    returned,
+                    slot,
+                    worker,
+                )
 
     def _sweep_registry(
         self, model: str, registry: StartedJobRegistry, entries: list[tuple[str, str]]

@@ -40,6 +40,8 @@ class JobRun:
         #: No worker will run the job any more (it ended, or was cancelled).
         self._ended = False
         self._reported = False
+        #: The job's present run: only its events count (``keys.JOB_RUN_FIELD``).
+        self._run = 0
 
     def __enter__(self) -> JobRun:
         return self
@@ -86,8 +88,20 @@ class JobRun:
                     raise Cancelled("the client went away") from None
                 yield None
                 continue
+            if event.run is not None and event.run != self._run:
+                # A worker cut off from Redis for longer than its heartbeat TTL, back after the job
+                # was requeued away from it: it no longer speaks for the job.
+                log.info(
+                    "job %s: dropped an event of its run %d (run %d is current)",
+                    job.job_id,
+                    event.run,
+                    self._run,
+                )
+                continue
             if isinstance(event, WorkerLostEvent):
-                if not relayed and self._dispatcher.requeue(job):
+                run = None if relayed else self._dispatcher.requeue(job)
+                if run is not None:
+                    self._run = run
                     continue
                 self._ended = True
                 raise ServiceUnavailable(

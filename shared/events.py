@@ -19,6 +19,9 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str
+    #: The run of the job that sent it (``keys.JOB_RUN_FIELD``); None for an event an API process
+    #: makes itself. A job requeued after its worker was lost counts only its new run's events.
+    run: int | None = None
 
 
 class ChoiceDelta(BaseModel):
@@ -67,10 +70,11 @@ class ErrorEvent(_Event):
     run_s: float | None = None
 
     @classmethod
-    def from_error(cls, job_id: str, error: ModelyardError) -> ErrorEvent:
+    def from_error(cls, job_id: str, error: ModelyardError, run: int | None = None) -> ErrorEvent:
         """Wrap an error for the wire."""
         return cls(
             job_id=job_id,
+            run=run,
             status=error.status,
             message=error.message,
             error_type=error.type,

@@ -174,6 +174,9 @@ class _JobBase(_Wire):
     #: together they name its queue (``keys.queue_name``). Aging may move it to a higher band later.
     band: Band = DEFAULT_BAND
     lane: int = Field(0, ge=0, lt=LANES_PER_BAND)
+    #: Which run of the job this is: set by the worker from the job's record
+    #: (``keys.JOB_RUN_FIELD``), never by the API's payload; every event of the run carries it.
+    run: int = 0
 
 
 class GenerateJob(_JobBase):

@@ -126,6 +126,37 @@ def slot_worker_name(worker_id: str, model: str, slot: int) -> str:
     return f"{worker_id}.{model}.{slot}"
 
 
+def doorbell_key(model: str, band: Band) -> str:
+    """List a model's idle slots block on (``BLPOP``) to learn that a job of ``band`` came: every
+    push onto one of the band's queues rings it (:func:`shared.doorbell.ring`); a slot then takes
+    the job with a script (workers/taking.py), which no lost connection can lose."""
+    return f"{PREFIX}:doorbell:{model}:{band}"
+
+
+#: Most rings a doorbell holds: enough to wake every waiting slot; a take empties it with the band.
+DOORBELL_MAX_RINGS = 64
+
+
+def slot_takings_key(slot_name: str) -> str:
+    """Hash of the jobs one slot took off its queues and has not started yet (job id -> queue key):
+    a job is always in a queue, here, or started, so a slot that dies or loses its connection
+    between the take and the start loses nothing (its takings go back to the front)."""
+    return f"{PREFIX}:takings:{slot_name}"
+
+
+def takers_key() -> str:
+    """Hash of every slot that ever took a job (slot name -> worker id): the janitor returns the
+    takings of the slots whose worker stopped beating."""
+    return f"{PREFIX}:takers"
+
+
+#: Field of a job's rq hash: which run of the job this is (0 first, one more for each requeue
+#: after its worker was lost). Workers stamp every event with it and the API drops the events of
+#: an earlier run, so a worker cut off from Redis that comes back cannot speak for a job that runs
+#: elsewhere now.
+JOB_RUN_FIELD = "modelyard_run"
+
+
 #: Field of a started job's rq ``meta``: the id of the worker process whose slot runs it (its
 #: heartbeat is ``worker_key(<id>)``), written in the same transaction that marks the job started.
 JOB_WORKER = "modelyard_worker"

@@ -73,15 +73,18 @@ def run_slot(
     :class:`SlotWorker`), ``order`` by all of them (see :mod:`workers.scheduling`). A ``reserved``
     slot takes high-band jobs only."""
     generation = 0
+    taker = keys.slot_worker_name(worker_id, model, index)
     while not draining.is_set():
         # A new name each time: rq refuses a name whose old registration it could not end.
-        name = keys.slot_worker_name(worker_id, model, index) + (f"-{generation}" if generation else "")
+        name = taker + (f"-{generation}" if generation else "")
         slot = BandSlotWorker(
             slot_queue_names(model, reserved),
             name=name,
             connection=connect(redis_url, socket_timeout=SLOT_WORKER_TTL + 10, name=name),
             serializer=JSONSerializer,
+            model=model,
             worker_id=worker_id,
+            taker=taker,
             draining=draining,
             fetching=fetching,
             order=order,
@@ -90,7 +93,9 @@ def run_slot(
             slot.work(logging_level="WARNING")
         except Exception:
             log.exception("slot %s failed", slot.name)
-        if not draining.wait(1.0):
+        if draining.wait(1.0):
+            slot.leave()
+        else:
             log.warning("slot %s stopped (is Redis reachable?); starting it again", slot.name)
             generation += 1
 

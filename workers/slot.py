@@ -16,7 +16,9 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq.exceptions import DequeueTimeout, StopRequested
+from redis.exceptions import WatchError
+from rq.exceptions import StopRequested
+from rq.executions import Execution, cleanup_execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
@@ -24,6 +26,8 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from shared import keys
+from shared.priority import BANDS, Band
+from shared.takings import Takings
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,24 @@ SUSPENSION_CHECK_EVERY_S = 1.0
 #: Longest wait between two attempts of a slot to reach Redis again: a slot takes jobs again this
 #: soon after Redis is back (its worker re-registers at once, so admission counts it).
 RECONNECT_MAX_S = 2.0
+
+
+class GivenUp(Exception):
+    """Raised by the job function for a job whose end it could not send because the job is no
+    longer this run's (workers/publisher.py): the worker was out of reach long enough for the
+    janitor to fail it, and the API may have requeued it."""
+
+
+class TakenBack(Exception):
+    """The job left this slot's takings before it started (see :meth:`SlotWorker.prepare_execution`)."""
+
+
+def _bands_of(model: str, queue_names: list[str]) -> list[Band]:
+    """The bands of ``model`` whose queues these are, most urgent first; each must be whole."""
+    bands = [band for band in BANDS if any(keys.queue_place(model, n) == (band, 0) for n in queue_names)]
+    if sorted(queue_names) != sorted(keys.model_queue_names(model, tuple(bands))):
+        raise ValueError(f"a slot listens to whole bands of one model, not {queue_names}")
+    return bands
 
 
 class SlotJob(Job):
@@ -63,13 +85,27 @@ class SlotWorker(SimpleWorker):
     job_class = SlotJob
 
     def __init__(
-        self, *args, worker_id: str, draining: threading.Event, fetching: threading.Lock, **kwargs
+        self,
+        *args,
+        model: str,
+        worker_id: str,
+        taker: str,
+        draining: threading.Event,
+        fetching: threading.Lock,
+        **kwargs,
     ) -> None:
         super().__init__(*args, worker_ttl=SLOT_WORKER_TTL, **kwargs)
+        self.model = model
         self.worker_id = worker_id
+        #: The slot's name for its takings: the same for each rq worker the slot is made anew as.
+        self.taker = taker
         self._draining = draining
         self._fetching = fetching
         self._next_suspension_check = 0.0
+        self._takings = Takings(self.connection)
+        self._bands = _bands_of(model, [queue.name for queue in self.queues])
+        #: Whether takings of an earlier take (or an earlier run of this slot) may be left over.
+        self._unsure = True
 
     def _install_signal_handlers(self) -> None:
         """The process's main thread owns signals; it drains the slots through ``draining``."""
@@ -86,15 +122,16 @@ class SlotWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        """rq's blocking dequeue, one ``timeout`` at a time, that stops when the worker drains.
+        """Take the next job (shared/takings.py), waiting on the bands' doorbells ``timeout`` s at
+        a time, until one comes or the worker drains.
 
         rq's own loop retries forever and cannot be left between a dequeue and the job's start
-        without losing the job; this one checks ``draining`` only before each dequeue.
+        without losing the job; this one checks ``draining`` only before each take.
 
-        Only one slot of a model in a process waits on its queue at a time (``fetching``). Redis
-        hands a job to the client that has blocked longest, and a slot that just took one blocks
-        again behind the other processes' waiting slot, so jobs go round the model's workers
-        instead of piling up on one busy process while another one idles.
+        Only one slot of a model in a process waits at a time (``fetching``). Redis hands a ring
+        to the client that has blocked longest, and a slot that just took a job waits again behind
+        the other processes' waiting slot, so jobs go round the model's workers instead of piling
+        up on one busy process while another one idles.
         """
         backoff = 1.0
         if self.get_state() != WorkerStatus.IDLE:
@@ -107,31 +144,70 @@ class SlotWorker(SimpleWorker):
                 if not self._fetching.acquire(timeout=HEARTBEAT_EVERY_S):
                     continue
                 try:
-                    result = self.queue_class.dequeue_any(
-                        self._ordered_queues,
-                        timeout,
-                        connection=self.connection,
-                        job_class=self.job_class,
-                        serializer=self.serializer,
-                        death_penalty_class=self.death_penalty_class,
-                    )
+                    if self._unsure:  # a take's answer may have been lost: its job went nowhere
+                        if returned := self._takings.give_back(self.taker):
+                            log.warning("slot %s put %d taken jobs back in their queues", self.name, returned)
+                        self._unsure = False
+                    taken = self._take()
+                    if taken is None:
+                        self.connection.blpop(self._doorbells(), timeout or 1)
+                        continue
                 finally:
                     self._fetching.release()
-            except DequeueTimeout:
-                backoff = 1.0  # Redis answered
-                continue
             except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._unsure = True
                 if backoff == 1.0:
                     log.warning("slot %s cannot reach Redis (%s); retrying", self.name, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
-            if result is not None:
-                job, queue = result
-                self.reorder_queues(reference_queue=queue)  # rq's own loop calls it here too
-                job.redis_server_version = self.get_redis_server_version()
-                return job, queue  # starting the job beats for it (with the job's timeout)
+            backoff = 1.0
+            job, queue = taken
+            self.reorder_queues(reference_queue=queue)  # rq's own loop calls it here too
+            job.redis_server_version = self.get_redis_server_version()
+            return job, queue  # starting the job beats for it (with the job's timeout)
         raise StopRequested()
+
+    def _doorbells(self) -> list[str]:
+        return [keys.doorbell_key(self.model, band) for band in self._bands]
+
+    def _take(self) -> tuple[Job, Queue] | None:
+        """One take over the queues in their present order, the job's hash read in the same call."""
+        ordered = self._ordered_queues
+        taken = self._takings.take(
+            self.taker, self.worker_id, self._doorbells(), [queue.key for queue in ordered]
+        )
+        if taken is None:
+            return None
+        queue_key, job_id, fields = taken
+        queue = next(q for q in ordered if q.key == queue_key)
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(fields)
+        job.meta[keys.JOB_RUN_FIELD] = int(fields.get(keys.JOB_RUN_FIELD.encode(), 0))
+        return job, queue
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """rq's registration of the job's execution (the started registry), in the transaction that
+        also removes it from this slot's takings, and only if it is still there: the janitor puts
+        the takings of a slot whose worker stopped beating back in their queues, and a slot that
+        was cut off for that long must not start a job that another one may take now."""
+        takings = keys.slot_takings_key(self.taker)
+        with self.connection.pipeline() as pipe:
+            try:
+                pipe.watch(takings)
+                if not pipe.hexists(takings, job.id):
+                    raise TakenBack(job.id)
+                pipe.multi()
+                pipe.hdel(takings, job.id)
+                execution = Execution.create(
+                    job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name
+                )
+                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+                pipe.execute()
+            except WatchError:
+                raise TakenBack(job.id) from None
+        self.executions[execution.id] = execution
+        return execution
 
     def check_for_suspension(self, burst: bool) -> None:
         """rq's check, at most once every ``SUSPENSION_CHECK_EVERY_S``."""
@@ -160,6 +236,24 @@ class SlotWorker(SimpleWorker):
         return (now() - self.last_heartbeat).total_seconds()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self._execute_job(job, queue)
+        except TakenBack:
+            log.warning(
+                "slot %s: job %s was given back while Redis was out of reach; not starting it",
+                self.name,
+                job.id,
+            )
+            self.set_state(WorkerStatus.IDLE)
+
+    def leave(self) -> None:
+        """The slot stops for good: put back anything it took and drop it from the takers."""
+        try:
+            self._takings.give_back(self.taker, forget=True)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("slot %s could not leave the takers (%s); the janitor will", self.name, exc)
+
+    def _execute_job(self, job: Job, queue: Queue) -> None:
         if job.func_name != keys.JOB_FUNCTION:
             # Anyone who can write to Redis can enqueue; only the model call may run here.
             log.error("refusing job %s: function %r is not %s", job.id, job.func_name, keys.JOB_FUNCTION)
@@ -171,6 +265,20 @@ class SlotWorker(SimpleWorker):
             return
         job.meta[keys.JOB_WORKER] = self.worker_id  # written as the job starts (SlotJob)
         super().execute_job(job, queue)
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info) -> None:
+        """rq's record of a failed job, except for a job given up (:class:`GivenUp`): rq's record
+        is the janitor's and the new run's now; only this execution's own entries go."""
+        if exc_info[0] is None or not issubclass(exc_info[0], GivenUp):
+            super()._finalize_failure(job, queue, execution, exc_info)
+            return
+        log.warning("slot %s: job %s was given up while this worker was out of reach", self.name, job.id)
+        try:
+            with self.connection.pipeline() as pipe:
+                cleanup_execution(self, job, pipe, execution)
+                pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("slot %s could not clean up job %s (%s); it expires", self.name, job.id, exc)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """rq's stop-job command lands here: set the job's cancel flag; the engine stops it."""

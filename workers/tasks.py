@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from redis import Redis, RedisError
+from rq import get_current_job
 
 from shared import keys
 from shared.errors import (
@@ -27,6 +28,7 @@ from shared.jobs import (
     reply_address,
 )
 from workers import runtime
+from workers.slot import GivenUp
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ _AWAITED_EVERY_S = 2.0
 
 
 def run_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; always publishes exactly one terminal event to the job's ``reply_to`` channel.
+    """Run one job; always publishes exactly one terminal event to the job's ``reply_to`` channel,
+    unless the job was given up while this worker was out of reach (then it raises :class:`GivenUp`).
 
     A job nobody waits for any more is not run (see :func:`_why_skip`), and a running one is
     stopped once its reply channel loses its subscriber. Raises on failure (and on a skip) so that
@@ -54,8 +57,9 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
         # Its client (a producer other than the API, or an older one) gets the reason, not a wait.
         address = reply_address(payload)
         if address is not None:
-            rt.sink.publish_error(address.reply_to, address.job_id, InvalidRequest(str(refused)))
+            rt.sink.publish_error(address.reply_to, address.job_id, InvalidRequest(str(refused)), run=_run())
         raise
+    job = job.model_copy(update={"run": _run()})
     rt.hooks.job_started(job)
     # Made before the checks: a stop-job command arriving after them finds the flag to set.
     cancel = rt.cancel_flag(job.job_id)
@@ -76,27 +80,41 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
         while not ticket.wait(_POLL_S):
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + _AWAITED_EVERY_S
-                if not cancel.is_set() and _unawaited(rt.redis, job.reply_to):
+                if not cancel.is_set() and _unawaited(rt.redis, job):
                     log.info("job %s (%s): nobody waits for it any more; stopping it", job.job_id, job.model)
                     cancel.set()
         result = ticket.outcome()
     except ModelyardError as error:
-        rt.sink.publish_error(job.reply_to, job.job_id, error)
+        sent = rt.sink.publish_error(job.reply_to, job.job_id, error, run=job.run)
         rt.hooks.job_ended(job, error)
         log.info("job %s (%s) ended: %s %s", job.job_id, job.model, error.status, error.code)
+        if not sent:
+            raise GivenUp(job.job_id) from error
         raise
     except Exception as crash:
         log.exception("job %s (%s) crashed", job.job_id, job.model)
-        rt.sink.publish_error(job.reply_to, job.job_id, InternalError("the worker failed to run the job"))
+        sent = rt.sink.publish_error(
+            job.reply_to, job.job_id, InternalError("the worker failed to run the job"), run=job.run
+        )
         rt.hooks.job_ended(job, crash)
+        if not sent:
+            raise GivenUp(job.job_id) from crash
         raise
     finally:
         rt.release(job.job_id)
     run_s = time.monotonic() - started
-    rt.sink.publish_done(job.reply_to, job.job_id, result, model=job.model, run_s=run_s)
+    sent = rt.sink.publish_done(job.reply_to, job.job_id, result, model=job.model, run_s=run_s, run=job.run)
     rt.hooks.job_ended(job, None)
+    if not sent:
+        raise GivenUp(job.job_id)
     log.info("job %s (%s) done in %.3fs, tokens=%d", job.job_id, job.model, run_s, result.usage.total_tokens)
     return rq_return_value(result)
+
+
+def _run() -> int:
+    """The run of the job rq is running on this thread (the slot read it with the job)."""
+    current = get_current_job()
+    return int(current.meta.get(keys.JOB_RUN_FIELD, 0)) if current is not None else 0
 
 
 def _why_skip(redis: Redis, job: AnyJob) -> tuple[str, ModelyardError] | None:
@@ -124,18 +142,22 @@ def _why_skip(redis: Redis, job: AnyJob) -> tuple[str, ModelyardError] | None:
     return None
 
 
-def _unawaited(redis: Redis, reply_to: str) -> bool:
-    """Whether nobody waits for a running job any more: its reply channel lost its subscriber
-    (a background response's stream is always awaited: it is cancelled explicitly)."""
-    return not keys.is_events_stream(reply_to) and _listeners(redis, reply_to) == 0
-
-
-def _listeners(redis: Redis, channel: str) -> int | None:
-    """Subscribers of ``channel``; None if Redis cannot say now."""
+def _unawaited(redis: Redis, job: AnyJob) -> bool:
+    """Whether nobody waits for a running job any more: its reply channel lost its subscriber (a
+    background response's stream is always awaited: it is cancelled explicitly), or the job was
+    given up while this worker was out of reach (its record names another run, or rq failed it).
+    False when Redis cannot say now."""
     try:
-        return int(redis.pubsub_numsub(channel)[0][1])
-    except (RedisError, IndexError):
-        return None
+        pipe = redis.pipeline(transaction=False)
+        pipe.hmget(keys.RQ_JOB_PREFIX + job.job_id, "status", keys.JOB_RUN_FIELD)
+        if not keys.is_events_stream(job.reply_to):
+            pipe.pubsub_numsub(job.reply_to)
+        (status, run), *numsub = pipe.execute()
+    except RedisError:
+        return False
+    if status is not None and (status != b"started" or int(run or 0) != job.run):
+        return True
+    return bool(numsub) and not numsub[0][0][1]
 
 
 def _count_skip(redis: Redis, job: AnyJob, reason: str) -> None:

@@ -99,7 +99,10 @@ def settle(dispatcher: Dispatcher, store: ResponseStore, record: Record) -> Reco
         # An end the worker wrote meanwhile stays the end: the first terminal frame wins.
         if time.time() > record.deadline:
             return _deadline_passed(dispatcher, store, record)
-        if not frames.produced(dispatcher.redis, record.id) and dispatcher.requeue(_job_of(record)):
+        if (
+            not frames.produced(dispatcher.redis, record.id)
+            and dispatcher.requeue(_job_of(record)) is not None
+        ):
             return record
         if frames.has_terminal(dispatcher.redis, record.id):  # the end came meanwhile
             return frames.finalize(dispatcher, store, record)

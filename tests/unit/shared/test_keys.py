@@ -47,6 +47,9 @@ def every_name(worker_id: str = DOTTED_WORKER) -> list[str]:
         keys.active_batches_key(),
         keys.batch_lease_key("batch_1"),
         keys.interactive_key(),
+        keys.doorbell_key("m", "normal"),
+        keys.slot_takings_key("w.m.0"),
+        keys.takers_key(),
     ]
 
 
@@ -76,6 +79,9 @@ def test_every_name_function_is_covered():
         "active_batches_key",
         "batch_lease_key",
         "interactive_key",
+        "doorbell_key",
+        "slot_takings_key",
+        "takers_key",
     }
     not_names = {
         "slot_worker_name",

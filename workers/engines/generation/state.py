@@ -321,7 +321,10 @@ class Outbox:
             ]
             if deltas:
                 messages.append(
-                    (req.job.reply_to, DeltaEvent(job_id=req.job.job_id, seq=req.next_seq, deltas=deltas))
+                    (
+                        req.job.reply_to,
+                        DeltaEvent(job_id=req.job.job_id, run=req.job.run, seq=req.next_seq, deltas=deltas),
+                    )
                 )
                 req.next_seq += 1
         return messages
