@@ -16,7 +16,6 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 from rq.exceptions import StopRequested
 from rq.executions import Execution, cleanup_execution
 from rq.job import Job
@@ -188,24 +187,24 @@ class SlotWorker(SimpleWorker):
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's registration of the job's execution (the started registry), in the transaction that
-        also removes it from this slot's takings, and only if it is still there: the janitor puts
-        the takings of a slot whose worker stopped beating back in their queues, and a slot that
-        was cut off for that long must not start a job that another one may take now."""
-        takings = keys.slot_takings_key(self.taker)
+        also removes it from this slot's takings, and undone unless it was still there: the janitor
+        puts the takings of a slot whose worker stopped beating back in their queues, and a slot
+        cut off for that long must not start a job that another one may take now. (Undoing costs
+        a round trip in that rare case; checking first, under ``WATCH``, would cost two every time.)"""
         with self.connection.pipeline() as pipe:
-            try:
-                pipe.watch(takings)
-                if not pipe.hexists(takings, job.id):
-                    raise TakenBack(job.id)
-                pipe.multi()
-                pipe.hdel(takings, job.id)
-                execution = Execution.create(
-                    job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name
-                )
-                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            pipe.hdel(keys.slot_takings_key(self.taker), job.id)
+            execution = Execution.create(
+                job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name
+            )
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            still_taken = pipe.execute()[0]
+        if not still_taken:
+            with self.connection.pipeline() as pipe:
+                execution.delete(job=job, pipeline=pipe)  # this execution's own entries only
+                pipe.srem(execution.worker_executions_key, execution.composite_key)
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
                 pipe.execute()
-            except WatchError:
-                raise TakenBack(job.id) from None
+            raise TakenBack(job.id)
         self.executions[execution.id] = execution
         return execution
 
