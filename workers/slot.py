@@ -171,19 +171,27 @@ class SlotWorker(SimpleWorker):
         return [keys.doorbell_key(self.model, band) for band in self._bands]
 
     def _take(self) -> tuple[Job, Queue] | None:
-        """One take over the queues in their present order, the job's hash read in the same call."""
-        ordered = self._ordered_queues
-        taken = self._takings.take(
-            self.taker, self.worker_id, self._doorbells(), [queue.key for queue in ordered]
-        )
-        if taken is None:
-            return None
-        queue_key, job_id, fields = taken
-        queue = next(q for q in ordered if q.key == queue_key)
-        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(fields)
-        job.meta[keys.JOB_RUN_FIELD] = int(fields.get(keys.JOB_RUN_FIELD.encode(), 0))
-        return job, queue
+        """Take over the queues in their present order, the job's hash read in the same call; None
+        when they are empty. A job rq cannot read is dropped (given back, it would come again)."""
+        while True:
+            ordered = self._ordered_queues
+            taken = self._takings.take(
+                self.taker, self.worker_id, self._doorbells(), [queue.key for queue in ordered]
+            )
+            if taken is None:
+                return None
+            queue_key, job_id, fields = taken
+            queue = next(q for q in ordered if q.key == queue_key)
+            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+            try:
+                job.restore(fields)
+                _ = job.func_name  # rq reads the payload lazily: read it here, where a failure is caught
+                job.meta[keys.JOB_RUN_FIELD] = int(fields.get(keys.JOB_RUN_FIELD.encode(), 0))
+            except Exception:
+                log.exception("slot %s: dropped job %s, whose record rq cannot read", self.name, job_id)
+                self.connection.hdel(keys.slot_takings_key(self.taker), job_id)
+                continue
+            return job, queue
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's registration of the job's execution (the started registry), in the transaction that

@@ -159,3 +159,13 @@ def test_a_start_removes_the_job_from_the_takings_in_its_transaction(redis, slot
     slot.prepare_execution(job)
     assert not redis.exists(keys.slot_takings_key(SLOT))
     assert StartedJobRegistry(queue.name, connection=redis).get_job_ids() == ["started"]
+
+
+def test_a_job_rq_cannot_read_is_dropped_and_the_next_one_taken(redis, slot) -> None:
+    queue = enqueue(redis, "unreadable")
+    enqueue(redis, "readable")
+    redis.hset(queue.job_class.key_for("unreadable"), "data", b"not a job")
+    slot._unsure = False
+    job, _ = slot.dequeue_job_and_maintain_ttl(timeout=1)
+    assert job.id == "readable"
+    assert redis.hkeys(keys.slot_takings_key(SLOT)) == [b"readable"]
