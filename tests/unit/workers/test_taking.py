@@ -15,6 +15,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from api.janitor import Janitor
+from harness import wait_until
 from shared import keys
 from shared.doorbell import ring
 from shared.priority import BANDS
@@ -121,10 +122,11 @@ def test_a_slot_waits_on_the_doorbell_and_takes_a_job_as_it_comes(redis, slot) -
     got: list = []
     waiting = threading.Thread(target=lambda: got.append(slot.dequeue_job_and_maintain_ttl(timeout=10)))
     waiting.start()
-    deadline = time.monotonic() + 10
-    while not any(c["name"] == SLOT and c["cmd"] == "blpop" for c in redis.client_list(_type="normal")):
-        assert time.monotonic() < deadline, "the slot never blocked on its doorbells"
-        time.sleep(0.01)
+    wait_until(
+        lambda: any(c["name"] == SLOT and c["cmd"] == "blpop" for c in redis.client_list(_type="normal")),
+        10,
+        "the slot blocked on its doorbells",
+    )
     asked = time.monotonic()
     enqueue(redis, "rung")
     waiting.join(timeout=10)
