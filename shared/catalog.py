@@ -94,7 +94,18 @@ class ModelSpec(BaseModel):
         None,
         description=(
             "torch CPU threads of the worker process serving this model (the most any of its models"
-            " asks for); default: torch's own, one per core. Tiny models decode faster on one."
+            " asks for); default: torch's own, one per core. Tiny models decode faster on one. On"
+            " onnx and openvino: the intra-op threads of each forward pass; default: the cores"
+            " divided among the streams."
+        ),
+    )
+    streams: PositiveInt | None = Field(
+        None,
+        description=(
+            "Embedding and rerank models: forward passes one worker process runs at once, each on"
+            " an engine thread of its own; default on onnx and openvino one per CPU core, up to 4"
+            " (two one-thread passes on 2 cores embed ~1.4x the sentences of one two-thread pass,"
+            " bench/RESULTS.md), on torch 1."
         ),
     )
 

@@ -29,7 +29,7 @@ class _Stats(BaseModel):
     jobs_failed: int = _metric("counter", "Jobs that failed")
     jobs_cancelled: int = _metric("counter", "Jobs cancelled (client gone, stop-job)")
     jobs_expired: int = _metric("counter", "Jobs whose deadline passed")
-    busy_ms: int = _metric("counter", "Milliseconds the engine thread spent running batches or decode steps")
+    busy_ms: int = _metric("counter", "Milliseconds the engine threads spent in batches or decode steps")
     active: int = _metric("gauge", "Jobs submitted to the engine and not done")
 
     @classmethod

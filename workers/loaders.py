@@ -32,12 +32,13 @@ def load_engine(spec: ModelSpec, sink: EventSink) -> Engine:
         from workers.backends.onnx_embedding import ExportedEmbedder
         from workers.backends.onnx_graphs import UnsupportedCheckpoint
         from workers.backends.onnx_rerank import ExportedReranker
+        from workers.backends.onnx_runtime import cpu_plan
 
-        exported = spec.model_copy(update={"backend": backend})
+        exported = cpu_plan(spec.model_copy(update={"backend": backend}))
         try:
             if spec.kind is ModelKind.EMBEDDING:
-                return EmbeddingEngine(ExportedEmbedder.load(exported), spec)
-            return RerankEngine(ExportedReranker.load(exported), spec)
+                return EmbeddingEngine(ExportedEmbedder.load(exported), exported)
+            return RerankEngine(ExportedReranker.load(exported), exported)
         except UnsupportedCheckpoint as exc:
             if spec.backend is not ModelBackend.AUTO:
                 raise

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import g, request
+import orjson
+from flask import Response, current_app, g, request
 
 from api import observe
 from api.disconnect import client_gone_probe
@@ -28,6 +29,15 @@ def json_body() -> object:
     Strict and bounded (:mod:`api.json_parsing`): a 400 for what ``json.loads`` would choke on.
     """
     return parse_json(request.get_data(cache=True))
+
+
+def vectors_response(payload: dict[str, Any]) -> Response:
+    """A JSON response of numbers (embeddings, scores), encoded by orjson: MiniLM's 384 floats take
+    ~10 us there against ~220 us through Flask's ``json`` (the finite floats of a model's output
+    encode the same)."""
+    return current_app.response_class(
+        orjson.dumps(payload, option=orjson.OPT_APPEND_NEWLINE), mimetype="application/json"
+    )
 
 
 def resolve_model(name: str, kind: ModelKind) -> ModelSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify
 
 from api import openai_objects
-from api.routes.common import envelope, json_body, request_context, resolve_model
+from api.routes.common import envelope, json_body, request_context, resolve_model, vectors_response
 from api.schemas.base import parse_body
 from api.schemas.pooling import EmbeddingRequest, RerankRequest
 from api.services import services
@@ -28,7 +28,7 @@ def embed(body: object):
     job = EmbedJob(**envelope(spec, req), inputs=inputs, dimensions=req.dimensions)
     job_id, result = services().coalescer.embed(job, spec, request_context())
     g.job_id = job_id  # a coalesced job's, when it ran in one
-    return jsonify(openai_objects.embeddings(req.model, result, req.encoding_format))
+    return vectors_response(openai_objects.embeddings(req.model, result, req.encoding_format))
 
 
 @bp.post("/v1/rerank")
@@ -37,7 +37,7 @@ def rerank():
     req, job, result = score(json_body())
     if req.tei:  # TEI's request shape gets TEI's response: a bare list, best first
         return jsonify(openai_objects.tei_rerank(result, job.documents, req.top_n, req.return_text))
-    return jsonify(
+    return vectors_response(
         openai_objects.rerank(job.job_id, req.model, result, job.documents, req.top_n, req.return_documents)
     )
 

@@ -50,7 +50,11 @@ class ExportedEmbedder:
             manifest["dimension"],
             max_tokens,
         )
-        return cls(graph, tokenizer, int(manifest["dimension"]), list(manifest["inputs"]), max_tokens)
+        embedder = cls(graph, tokenizer, int(manifest["dimension"]), list(manifest["inputs"]), max_tokens)
+        # Settles the tokenizer's truncation state now: the engine's streams then encode at once
+        # without one resetting it while another reads it.
+        embedder.count_tokens(["warm up"])
+        return embedder
 
     @property
     def dimension(self) -> int:

@@ -41,7 +41,10 @@ class ExportedReranker:
         logger.info(
             "loaded rerank model %s on %s from %s: max %s tokens", spec.name, spec.backend, path, max_tokens
         )
-        return cls(graph, tokenizer, list(manifest["inputs"]), max_tokens)
+        reranker = cls(graph, tokenizer, list(manifest["inputs"]), max_tokens)
+        # Settles the tokenizer's truncation state now: the engine's streams then encode at once.
+        reranker.count_tokens("warm", ["up"])
+        return reranker
 
     def count_tokens(self, query: str, documents: list[str]) -> list[int]:
         """Tokens each (query, document) pair uses after truncation, special tokens included."""

@@ -295,6 +295,41 @@ def test_stop_joins_a_running_engine(engine_factory) -> None:
     assert not engine.alive
 
 
+def test_streams_run_forward_passes_at_once_and_share_what_waits(engine_factory) -> None:
+    fake = FakeEmbedder()
+    inside = threading.Barrier(2, timeout=WAIT)  # both passes must be in the model at the same time
+
+    def embed(texts: list[str]) -> np.ndarray:
+        inside.wait()
+        return FakeEmbedder.embed(fake, texts)
+
+    fake.embed = embed
+    engine = engine_factory(EmbeddingEngine, fake, spec("embedding", streams=2))
+    first, second = (engine.submit(embed_job([text]), threading.Event()) for text in ("a", "bb"))
+    assert [outcome(t).embeddings for t in (first, second)] == [[[1.0, 1.0]], [[2.0, 1.0]]]
+
+    # Jobs queued while every stream is busy: one pass of the first stream that frees, or shared
+    # with the other if it frees meanwhile; never a pass each.
+    fake.embed = lambda texts: FakeEmbedder.embed(fake, texts)
+    fake.release.clear()
+    busy = [engine.submit(embed_job(["busy"]), threading.Event()) for _ in range(2)]
+    wait_until(lambda: len(fake.calls) == 4, WAIT, "both streams in a pass", interval=0.01)
+    queued = [engine.submit(embed_job(["x" * (i + 1)]), threading.Event()) for i in range(4)]
+    fake.release.set()
+    assert [outcome(t).embeddings[0][0] for t in busy + queued] == [4.0, 4.0, 1.0, 2.0, 3.0, 4.0]
+    assert len(fake.calls) in (5, 6) and sum(len(call) for call in fake.calls[4:]) == 4
+
+
+def test_stop_joins_every_stream_and_a_dead_stream_is_not_alive(engine_factory) -> None:
+    engine = engine_factory(EmbeddingEngine, FakeEmbedder(), spec("embedding", streams=3))
+    outcome(engine.submit(embed_job(["a"]), threading.Event()))
+    assert engine.alive and len(engine._threads) == 3
+    started = time.monotonic()
+    engine.stop()
+    assert not any(thread.is_alive() for thread in engine._threads)
+    assert time.monotonic() - started < 5
+
+
 # -- Reranker and RerankEngine with the real tiny reranker --------------------------------------
 
 

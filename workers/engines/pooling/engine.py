@@ -79,10 +79,13 @@ class PoolingEngine(Engine):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self._queue: queue.SimpleQueue[Ticket | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        #: Its engine threads: ``spec.streams`` forward passes run at once (the model must allow it).
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stopping = False
         self._active = 0
+        #: Engine threads waiting for work.
+        self._idle = 0
         #: Counters, changed under ``_lock``; :meth:`stats` adds ``active``.
         self._stats = PoolingStats()
 
@@ -110,21 +113,29 @@ class PoolingEngine(Engine):
     # -- Engine -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the engine thread."""
-        if self._thread is not None:
+        """Start the engine threads, one per stream."""
+        if self._threads:
             return
-        self._thread = threading.Thread(target=self._run, name=f"engine-{self.spec.name}", daemon=True)
-        self._thread.start()
+        streams = self.spec.streams or 1
+        self._threads = [
+            threading.Thread(target=self._run, name=f"engine-{self.spec.name}-{k}", daemon=True)
+            for k in range(streams)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Let a forward pass in progress end, fail every other pending job and join the engine thread."""
+        """Let the forward passes in progress end, fail every other pending job and join the engine
+        threads."""
         with self._lock:
             self._stopping = True
-            self._queue.put(None)  # wakes the thread; every ticket queued before it is seen below
-        if self._thread is not None:
-            self._thread.join(STOP_TIMEOUT)
-            if self._thread.is_alive():
+            self._queue.put(None)  # wakes a thread; each passes it on as it leaves (see _run)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
                 logger.warning("engine %s did not stop within %ss", self.spec.name, STOP_TIMEOUT)
+                break
         for ticket in self._drain():
             self._fail(ticket, ServiceUnavailable(f"model {self.spec.name!r} is shutting down"))
 
@@ -146,6 +157,11 @@ class PoolingEngine(Engine):
         return ticket
 
     @property
+    def alive(self) -> bool:
+        """Whether every engine thread runs (one that died would strand the jobs it took)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
+    @property
     def active(self) -> int:
         """Jobs submitted and not yet done."""
         with self._lock:
@@ -160,12 +176,20 @@ class PoolingEngine(Engine):
 
     def _run(self) -> None:
         while True:
+            with self._lock:
+                self._idle += 1
             first = self._queue.get()
-            # Jobs that arrived while the last batch ran share the next one.
-            batch = [*([] if first is None else [first]), *self._drain()]
+            with self._lock:
+                self._idle -= 1
+                idle = self._idle
+            # Jobs that arrived while the last batch ran share the next one; with other streams
+            # idle, this one takes an even share of what waits and leaves them the rest.
+            share = None if not idle else -(-(1 + self._queue.qsize()) // (1 + idle)) - 1
+            batch = [*([] if first is None else [first]), *self._drain(share)]
             if self._stopping:
                 for ticket in batch:
                     self._fail(ticket, ServiceUnavailable(f"model {self.spec.name!r} is shutting down"))
+                self._queue.put(None)  # the next stream's wake-up: this one took the marker
                 return
             try:
                 self._run_batch(batch)
@@ -175,16 +199,17 @@ class PoolingEngine(Engine):
                     if not ticket.done:
                         self._fail(ticket, InternalError("the model failed to run this request"))
 
-    def _drain(self) -> list[Ticket]:
-        """The tickets queued now (without the stop marker), taken off the queue."""
-        tickets = []
-        while True:
+    def _drain(self, most: int | None = None) -> list[Ticket]:
+        """The tickets queued now (without the stop marker), up to ``most``, taken off the queue."""
+        tickets: list[Ticket] = []
+        while most is None or len(tickets) < most:
             try:
                 ticket = self._queue.get_nowait()
             except queue.Empty:
                 return tickets
             if ticket is not None:
                 tickets.append(ticket)
+        return tickets
 
     def _dropped(self, ticket: Ticket, now: float) -> bool:
         """Fail a cancelled or expired ticket; True if it was dropped."""
