@@ -20,6 +20,7 @@ from workers.backends.embedding import Embedder
 from workers.backends.onnx_embedding import ExportedEmbedder
 from workers.backends.onnx_export import MANIFEST, MODEL_FILE, cached_export
 from workers.backends.onnx_rerank import ExportedReranker
+from workers.backends.onnx_runtime import cpu_plan
 from workers.backends.rerank import Reranker
 from workers.loaders import pooling_backend
 
@@ -104,6 +105,33 @@ def test_rerank_logits_match_the_torch_backend(
     np.testing.assert_allclose(exported.logits_pairs(pairs), torch_reranker.logits_pairs(pairs), atol=1e-4)
     np.testing.assert_allclose(exported.score(QUERY, TEXTS), torch_reranker.score(QUERY, TEXTS), atol=1e-5)
     assert exported.logits_pairs([]) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_streams_embed_at_once_and_agree(backend, default_models_dir, export_root) -> None:
+    exported = ExportedEmbedder.load(
+        spec("embedding", default_models_dir / "all-MiniLM-L6-v2", backend, streams=2, threads=1), export_root
+    )
+    alone = exported.embed(TEXTS)
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(exported.embed(TEXTS))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 4
+    for result in results:
+        np.testing.assert_allclose(result, alone, atol=1e-6)
+
+
+def test_cpu_plan_gives_each_core_a_stream_up_to_four() -> None:
+    base = spec("embedding", Path("unused"), ModelBackend.ONNX)
+    assert (cpu_plan(base, cores=2).streams, cpu_plan(base, cores=2).threads) == (2, 1)
+    assert (cpu_plan(base, cores=1).streams, cpu_plan(base, cores=1).threads) == (1, 1)
+    assert (cpu_plan(base, cores=16).streams, cpu_plan(base, cores=16).threads) == (4, 4)
+    chosen = base.model_copy(update={"streams": 1, "threads": 3})
+    assert (cpu_plan(chosen, cores=16).streams, cpu_plan(chosen, cores=16).threads) == (1, 3)
+    assert cpu_plan(base.model_copy(update={"streams": 3}), cores=12).threads == 4
 
 
 def test_a_smaller_context_length_and_refused_inputs(default_models_dir, export_root, torch_embedder) -> None:
