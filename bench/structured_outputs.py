@@ -180,7 +180,7 @@ def way_of_the_engine(
     allowed = [np.flatnonzero(torch.isfinite(masked[j]).numpy()) for j in range(len(rows))]
     refused = [int(np.flatnonzero(~torch.isfinite(masked[j]).numpy())[0]) for j in range(len(rows))]
     t0 = time.perf_counter()
-    unforced = [j for j, m in enumerate(rows) if m.forced() is None]
+    unforced = [j for j, m in enumerate(rows) if not m.forced()]
     t1 = time.perf_counter()
     for j in unforced:
         rows[j].allows(int(allowed[j][0]))

@@ -48,6 +48,9 @@ class GenerationStats(_Stats):
     kind: Literal["generation"] = "generation"
     tokens_generated: int = _metric("counter", "Tokens generated")
     steps: int = _metric("counter", "Decode steps (one forward pass of the running batch each)")
+    tokens_forced: int = _metric(
+        "counter", "Tokens a grammar forced past a row's first in a step (no step of their own)"
+    )
     prefills: int = _metric("counter", "Prefill forward passes")
     running: int = _metric("gauge", "Sequences decoding now")
     waiting: int = _metric("gauge", "Sequences waiting for a place in the decode batch")

@@ -64,14 +64,38 @@ class KVBatch:
         """True for plain ``DynamicLayer`` caches; sliding-window and other caches only run alone."""
         return self._plain
 
+    @property
+    def multi_token(self) -> bool:
+        """True for plain caches: a row fed fewer tokens than another leaves masked holes, which
+        only a plain cache can hold (a sliding window would count them)."""
+        return self._plain
+
     @torch.inference_mode()
-    def step(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed one token per row; returns float32 next-token logits ``[rows, vocab]``."""
+    def step(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed each row its tokens; returns float32 logits ``[rows, vocab]`` after each row's last."""
         device = self.mask.device
-        ids = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
-        logits = self._lm._forward(ids, self.mask, self.positions.unsqueeze(1), self.cache)
-        self.positions = self.positions + 1
+        width = max(len(fed) for fed in tokens)
+        if width == 1:
+            ids = torch.tensor([fed[0] for fed in tokens], dtype=torch.long, device=device).unsqueeze(1)
+            new = self.mask.new_ones(len(self), 1)
+            positions = self.positions.unsqueeze(1)
+        else:
+            if not self._plain:
+                raise ValueError("this model's cache takes one token a row per step")
+            # Rows stay right-aligned: one fed fewer tokens than the widest gets masked columns
+            # (holes) before its own, which :meth:`_compact` turns into left padding in time.
+            ids = torch.full((len(self), width), self._lm._pad_id, dtype=torch.long)
+            new = torch.zeros((len(self), width), dtype=self.mask.dtype)
+            for row, fed in enumerate(tokens):
+                ids[row, width - len(fed) :] = torch.tensor(fed, dtype=torch.long)
+                new[row, width - len(fed) :] = 1
+            ids, new = ids.to(device), new.to(device)
+            positions = self.positions.unsqueeze(1) + (new.cumsum(dim=1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, new], dim=1)
+        logits = self._lm._forward(ids, self.mask, positions, self.cache)
+        self.positions = self.positions + new.sum(dim=1)
+        if width > 1:
+            self._compact()
         return logits
 
     @torch.inference_mode()
@@ -107,6 +131,23 @@ class KVBatch:
             )
         self.mask = torch.cat([_pad_left(self.mask, 1, pad_self), _pad_left(other.mask, 1, pad_other)])
         self.positions = torch.cat([self.positions, other.positions])
+
+    def _compact(self) -> None:
+        """Move each row's holes in front of its tokens once holes are over a quarter of the cache
+        (attention over them is wasted work); they become left padding, and columns that are
+        padding in every row are trimmed. Keys carry their positions (rotary embeddings are applied
+        as they are written), so moving a column changes nothing a query sees through the mask."""
+        started = self.mask.cummax(dim=1).values.bool()  # from each row's first attended column
+        holes = int((started & (self.mask == 0)).sum())
+        if 4 * holes <= self.mask.numel():
+            return
+        order = torch.sort(self.mask, dim=1, stable=True).indices  # padding first, tokens in order
+        self.mask = self.mask.gather(1, order)
+        for layer in self.cache.layers:
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, index)
+            layer.values = layer.values.gather(2, index)
+        self._trim()
 
     def _trim(self) -> None:
         """Drop leading columns that are padding in every row (they only cost attention time)."""

@@ -58,16 +58,22 @@ class FakeBatch:
     def joinable(self) -> bool:
         return self._lm.joinable
 
-    def step(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed one token per row; returns the next-token logits."""
+    @property
+    def multi_token(self) -> bool:
+        return self._lm.joinable  # an unjoinable fake plays a sliding-window cache: one token a step
+
+    def step(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed each row its tokens; returns the next-token logits after each row's last."""
         if len(tokens) != len(self._rows):
-            raise ValueError(f"{len(tokens)} tokens for {len(self._rows)} rows")
+            raise ValueError(f"{len(tokens)} token lists for {len(self._rows)} rows")
         self._lm._work("step", len(self._rows))
-        for row, token in zip(self._rows, tokens, strict=True):
-            if row.length >= self._lm.context_length:
+        for row, fed in zip(self._rows, tokens, strict=True):
+            if not fed:
+                raise ValueError("a row was fed no token")
+            if row.length + len(fed) > self._lm.context_length:
                 raise ValueError("fed a token past the context length")
-            row.length += 1
-            row.last = token
+            row.length += len(fed)
+            row.last = fed[-1]
         return self._lm._logits(self._rows)
 
     def keep(self, rows: Sequence[int]) -> None:

@@ -23,9 +23,9 @@ How it fits together (read this to build on it, e.g. ``tool_choice`` grammars):
 * **A matcher** is one choice's place in the grammar. ``fill(bitmask, row)`` writes the tokens it
   allows next, ``accept(token)`` advances it, ``done`` says the grammar is complete and allows
   nothing but EOS (the choice ends with ``stop``), ``copy()`` gives each of ``n`` choices its own.
-  ``forced()`` (the one token allowed next, if only one is) and ``allows(token)`` (a check without
-  advancing) let the engine skip most masks: it takes forced tokens as they are and checks a token
-  sampled without a mask, masking only when it is refused
+  ``forced()`` (the tokens the grammar forces from here, if any) and ``allows(token)`` (a check
+  without advancing) let the engine skip most masks and steps: it takes a forced run as it is, in
+  one step, and checks a token sampled without a mask, masking only when it is refused
   (:mod:`workers.engines.generation.constrained`).
 
 The bitmask is numpy ``int32 [rows, ceil(vocab / 32)]`` (:mod:`workers.constraints.bitmask`): bit
@@ -63,9 +63,10 @@ class Matcher(Protocol):
         """Advance past ``token``; False if the grammar does not allow it (``error`` says why)."""
         ...
 
-    def forced(self) -> int | None:
-        """The one token allowed next, when the grammar allows only one (else None); cheaper than
-        a mask. It must be exact: a token here means ``fill`` would allow that token and no other."""
+    def forced(self) -> list[int]:
+        """The tokens the grammar forces from here, in order (empty: the next token is a choice);
+        cheaper than a mask. It must be exact: ``fill`` would allow the first and no other, and
+        accepting each in turn is valid."""
         ...
 
     def allows(self, token: int) -> bool:

@@ -45,13 +45,13 @@ class LLGuidanceMatcher:
     def accept(self, token: int) -> bool:
         return self.inner.consume_token(token)
 
-    def forced(self) -> int | None:
-        # llguidance's mask is then exactly the first fast-forward token (its compute_mask returns
-        # that singleton when the grammar forces bytes); an error state gives none.
+    def forced(self) -> list[int]:
+        # llguidance's fast-forward tokens: the forced bytes, tokenized so that none of them could
+        # merge with what follows. Its mask is then exactly the first (compute_mask returns that
+        # singleton when the grammar forces bytes); an error state gives none.
         if not self._forcing:
-            return None
-        tokens = self.inner.compute_ff_tokens()
-        return tokens[0] if tokens else None
+            return []
+        return self.inner.compute_ff_tokens()
 
     def allows(self, token: int) -> bool:
         return self.inner.validate_tokens([token]) == 1

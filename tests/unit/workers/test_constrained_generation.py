@@ -111,6 +111,30 @@ def test_max_tokens_cuts_a_constrained_choice_with_length(run_engine) -> None:
     assert result.choices[0].text == "abcab" and result.choices[0].finish_reason == "length"
 
 
+def test_a_forced_run_is_taken_in_one_step_as_one_step_a_token_would_take_it(run_engine) -> None:
+    # The schema forces '{"n":' and ',"ok":' (several tokens each). A batch that takes several
+    # tokens a row feeds each run in one step; an unjoinable fake (one token a row a step) takes
+    # the same tokens one step each. Sampled rows too: a forced token uses no draw either way.
+    schema = JsonSchemaConstraint(json_schema=SCHEMA)
+    jobs = [
+        constrained(schema, prompt='{"n":42,"ok":true}'),
+        constrained(schema, prompt="xyz", temperature=1.0, seed=3),
+        constrained(schema, prompt='{"n":42,"ok":true}', max_tokens=4),  # cut inside a run
+        constrained(schema, prompt='{"n":42,"ok":true}', stop=[":4"]),  # stopped inside one
+    ]
+    results = {}
+    for joinable in (True, False):
+        engine = run_engine(FakeLM(joinable=joinable))
+        done = [outcome(submit(engine, job)) for job in jobs]
+        results[joinable] = [(r.choices[0].text, r.choices[0].finish_reason, r.usage) for r in done]
+        stats = engine.stats()
+        assert (stats.tokens_forced > 0) == joinable
+        if joinable:
+            assert stats.steps + stats.prefills + stats.tokens_forced == stats.tokens_generated
+    assert results[True] == results[False]
+    assert [r[:2] for r in results[True]][2:] == [('{"n"', "length"), ('{"n"', "stop")]
+
+
 def test_a_grammar_that_runs_out_of_work_fails_its_job_only(run_engine) -> None:
     engine = run_engine(FakeLM(peak=0.0))
     free = submit(engine, make_job(prompt="abc", max_tokens=150))
@@ -141,9 +165,9 @@ def ways(monkeypatch) -> dict[str, int]:
     forced, allows = LLGuidanceMatcher.forced, LLGuidanceMatcher.allows
 
     def spy_forced(self):
-        token = forced(self)
-        seen["forced"] += token is not None
-        return token
+        run = forced(self)
+        seen["forced"] += bool(run)
+        return run
 
     def spy_allows(self, token):
         ok = allows(self, token)

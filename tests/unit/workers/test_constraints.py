@@ -275,10 +275,12 @@ def test_forced_and_allows_agree_with_the_mask(compiler, spec):
         m = compiler.compile(spec)
         for _ in range(60):
             mask = allowed(m.copy())  # a copy: the walk's own matcher asks forced() first, as the engine does
-            token = m.forced()
-            if token is not None:
+            run = m.forced()
+            if run:
                 forced_seen += 1
-                assert mask == {token}
+                assert mask == {run[0]}
+                ahead = m.copy()  # the engine may take the whole run in one step
+                assert all(allowed(ahead.copy()) == {t} and ahead.accept(t) for t in run)
             probes = rng.choice(VOCAB, size=8, replace=False).tolist() + sorted(mask)[:4]
             assert all(m.allows(t) == (t in mask) for t in probes)
             assert allowed(m) == mask  # asking did not move it

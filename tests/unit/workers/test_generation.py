@@ -805,7 +805,7 @@ def test_kv_batch_pads_joins_and_trims(tiny_chat) -> None:
 
     def alone(prompt: list[int], token: int) -> torch.Tensor:
         _, batch = tiny_chat.prefill([prompt])
-        return batch.step([token])[0]
+        return batch.step([[token]])[0]
 
     _, batch = tiny_chat.prefill([long, short])
     assert tuple(batch.mask.shape) == (2, len(long))
@@ -818,9 +818,41 @@ def test_kv_batch_pads_joins_and_trims(tiny_chat) -> None:
     assert all(layer.keys.shape[2] == width for layer in batch.cache.layers)
     assert batch.positions.tolist() == [len(short), len(other)]
 
-    logits = batch.step([7, 9])
+    logits = batch.step([[7], [9]])
     torch.testing.assert_close(logits[0], alone(short, 7), rtol=0, atol=1e-5)
     torch.testing.assert_close(logits[1], alone(other, 9), rtol=0, atol=1e-5)
     batch.keep([1, 1])  # a repeated row is an independent copy
-    logits = batch.step([3, 4])
+    logits = batch.step([[3], [4]])
     assert not torch.equal(logits[0], logits[1])
+
+
+def test_kv_batch_feeds_rows_runs_of_tokens(tiny_chat) -> None:
+    # A grammar's forced run is fed in one step: each row's logits are what feeding its tokens one
+    # by one alone gives, however many tokens its neighbours got, also once the holes that the
+    # shorter rows get are compacted into left padding.
+    prompts = [tiny_chat.completion_prompt(p) for p in (PROMPTS[0], PROMPTS[2])]
+    run = list(range(30, 36))
+    feeds = [[[5, 6, 7], [8]], [run, [9]], [[10], run], [run, [11]], [[12], [13]]]
+
+    def alone(row: int) -> list[torch.Tensor]:
+        _, batch = tiny_chat.prefill([prompts[row]])
+        out = []
+        for fed in feeds:
+            for token in fed[row]:
+                logits = batch.step([[token]])[0]
+            out.append(logits)
+        return out
+
+    expected = [alone(0), alone(1)]
+    _, batch = tiny_chat.prefill(prompts)
+    assert batch.multi_token
+    for k, fed in enumerate(feeds):
+        logits = batch.step(fed)
+        for row in (0, 1):
+            torch.testing.assert_close(logits[row], expected[row][k], rtol=0, atol=1e-5)
+        # Holes (masked columns after a row's first token) stay under a quarter of the cache:
+        # without compaction the second step would leave more.
+        holes = int((batch.mask.cummax(dim=1).values.bool() & (batch.mask == 0)).sum())
+        assert 4 * holes <= batch.mask.numel()
+        assert all(layer.keys.shape[2] == batch.mask.shape[1] for layer in batch.cache.layers)
+    assert batch.positions.tolist() == [len(prompts[0]) + 17, len(prompts[1]) + 10]

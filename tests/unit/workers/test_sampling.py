@@ -347,7 +347,7 @@ def test_engine_logprobs_equal_the_log_softmax_of_the_processed_logits(engine_fo
     logits, batch = lm.prefill([ids])
     rows = [logits[0]]
     for entry in entries[:-1]:
-        rows.append(batch.step([entry.id])[0])
+        rows.append(batch.step([[entry.id]])[0])
     for entry, raw in zip(entries, rows, strict=True):
         biased = raw.clone()
         biased[x] += 1.5

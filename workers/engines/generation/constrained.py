@@ -9,7 +9,11 @@ constrained row goes one of three ways (rows without a constraint are left as th
 
 * **forced**: the grammar allows exactly one token (a property name, ``","``, a closing brace: most
   of a JSON Schema's tokens). The helper asks the matcher (:meth:`Matcher.forced`, cheaper than a
-  mask) and that token is taken, whatever was sampled: the masked distribution is that one token.
+  mask) and that token is taken without a draw: the masked distribution is that one token.
+  So are the forced tokens after it (``"name":"`` is several), all in this step, when the batch
+  takes several tokens a row (:attr:`DecodeBatch.multi_token`): the next step feeds them to the
+  model together, as a prefill does, where one step each would give the same tokens (SGLang's
+  jump-forward decoding). A schema's reply then takes far fewer decode steps than tokens.
 * **masked**: the helper fills the row's token mask, and its disallowed tokens are set to ``-inf``
   in the processed logits before sampling and logprobs, so such a token can neither be drawn nor
   reported as likely. A row that asked for logprobs always goes this way (they stay truthful), and
@@ -98,8 +102,8 @@ class Masks:
     ways: list[str]
     bitmask: np.ndarray
     filled: Future[None]
-    #: Set by the helper: position ``j`` in ``rows`` -> the one token the grammar allows there.
-    forced: dict[int, int] = field(default_factory=dict)
+    #: Set by the helper: position ``j`` in ``rows`` -> the tokens the grammar forces from there.
+    forced: dict[int, list[int]] = field(default_factory=dict)
     #: Positions in ``rows`` whose mask the helper filled (the others' rows are left as they are).
     masked: list[int] = field(default_factory=list)
 
@@ -155,25 +159,49 @@ class Constraints:
         assert self._compiler is not None
         for j, (matcher, way) in enumerate(zip(step.matchers, step.ways, strict=True)):
             if way != "mask":
-                token = matcher.forced()
-                if token is not None:
-                    step.forced[j] = token
+                run = matcher.forced()
+                if run:
+                    step.forced[j] = run
         step.masked = [j for j, way in enumerate(step.ways) if way != "draw" and j not in step.forced]
         if step.masked:
             self._compiler.fill([(step.matchers[j], j) for j in step.masked], step.bitmask)
 
     def pick(
-        self, logits: torch.Tensor, rows: Sequence[Row], masks: Masks | None
-    ) -> list[tuple[int, sampling.RowLogprobs | None]]:
-        """Each row's next token (one its grammar allows), and its logprobs when its job asked:
-        :meth:`apply`, sampling, :meth:`settle`, then the logprobs of what was finally drawn from."""
+        self, logits: torch.Tensor, rows: Sequence[Row], masks: Masks | None, *, runs: bool
+    ) -> list[tuple[list[int], sampling.RowLogprobs | None]]:
+        """Each row's next tokens (ones its grammar allows), and the first one's logprobs when its
+        job asked: :meth:`apply`, sampling, :meth:`settle`, then the logprobs of what was finally
+        drawn from. A row gets one token, or with ``runs`` (the batch takes several tokens a row)
+        every token its grammar forces from here; a row with logprobs is masked, so gets one."""
         samplers = [row.sampler for row in rows]
         processed = self.apply(sampling.process(logits, samplers), masks)
-        tokens = sampling.sample(processed, samplers)
-        processed = self.settle(processed, rows, tokens, masks)  # forced and refused picks
+        forced = {} if masks is None else {masks.rows[j]: run for j, run in masks.forced.items()}
+        tokens = self._draw(processed, samplers, forced)
+        processed = self.settle(processed, rows, tokens, masks)  # refused draws
         logprobs = sampling.logprobs(processed, samplers, tokens)
-        sampling.record(samplers, tokens)
-        return list(zip(tokens, logprobs, strict=True))
+        picked = [forced[i] if runs and i in forced else [token] for i, token in enumerate(tokens)]
+        for sampler, run in zip(samplers, picked, strict=True):
+            for token in run:
+                sampler.record(token)
+        return list(zip(picked, logprobs, strict=True))
+
+    @staticmethod
+    def _draw(
+        processed: torch.Tensor, samplers: list[SequenceSampler], forced: dict[int, list[int]]
+    ) -> list[int]:
+        """Each row's token: a forced row's first forced one, the others sampled. A forced token
+        takes no draw of its row's generator, so a seed gives the same tokens whether the batch
+        takes a forced run in one step or in one step a token."""
+        if not forced:
+            return sampling.sample(processed, samplers)
+        free = [i for i in range(len(samplers)) if i not in forced]
+        tokens = [forced[i][0] if i in forced else 0 for i in range(len(samplers))]
+        if free:
+            index = torch.tensor(free, device=processed.device)
+            drawn = sampling.sample(processed.index_select(0, index), [samplers[i] for i in free])
+            for i, token in zip(free, drawn, strict=True):
+                tokens[i] = token
+        return tokens
 
     def apply(self, logits: torch.Tensor, masks: Masks | None) -> torch.Tensor:
         """``logits`` with each masked row's disallowed tokens at ``-inf`` (the other rows as they are)."""
@@ -193,8 +221,8 @@ class Constraints:
     ) -> torch.Tensor:
         """Make ``tokens`` (sampled from ``processed``, after :meth:`apply`) ones the grammars allow.
 
-        Forced rows take their token; drawn-first rows keep an allowed token, and the others are
-        masked and sampled again (``tokens`` is changed in place). Returns ``processed`` with the
+        Forced rows have their token already; drawn-first rows keep an allowed token, and the others
+        are masked and sampled again (``tokens`` is changed in place). Returns ``processed`` with the
         masks applied since. A row whose matcher is in error keeps its token: accepting it fails
         its job, as a masked row's does.
         """
@@ -205,8 +233,8 @@ class Constraints:
         for j, (i, matcher, way) in enumerate(zip(masks.rows, masks.matchers, masks.ways, strict=True)):
             pace = rows[i].pace
             if j in masks.forced:
-                tokens[i] = masks.forced[j]
-            elif way == "draw":
+                continue
+            if way == "draw":
                 allowed = matcher.error is not None or matcher.allows(tokens[i])
                 pace.drawn(allowed)
                 if not allowed:

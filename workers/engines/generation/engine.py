@@ -43,8 +43,9 @@ RUNNING_PER_SLOT = 4
 #: Seconds the idle engine thread sleeps between looks at its inbox (submit wakes it earlier).
 _IDLE_WAIT_S = 1.0
 
-#: A row's sampled token and its logprobs (None unless the job asked for them).
-_Pick = tuple[int, RowLogprobs | None]
+#: A row's next tokens (the sampled one, or a run its grammar forces) and the first one's logprobs
+#: (None unless the job asked for them).
+_Pick = tuple[list[int], RowLogprobs | None]
 
 
 class GenerationEngine(Engine):
@@ -259,7 +260,7 @@ class GenerationEngine(Engine):
         if plan.rows != list(range(len(plan.prompts))):  # n > 1: one prefill per prompt, copied per choice
             batch.keep(plan.rows)
             logits = logits[torch.tensor(plan.rows, device=logits.device)]
-        picks = self._constraints.pick(logits, seqs, masks)
+        picks = self._constraints.pick(logits, seqs, masks, runs=batch.multi_token)
         self._score_prompts(plan.prompt_rows)
         return seqs, batch, picks
 
@@ -272,9 +273,9 @@ class GenerationEngine(Engine):
     ) -> None:
         """The prefilled sequences start: their first tokens are taken, the unfinished join the batch."""
         self._stats.prefills += 1
-        for seq, (token, logprob) in zip(seqs, picks, strict=True):
+        for seq, (tokens, logprob) in zip(seqs, picks, strict=True):
             seq.request.sequences.append(seq)
-            self._accept(seq, token, logprob, out)
+            self._accept(seq, tokens, logprob, out)
         keep = [i for i, seq in enumerate(seqs) if seq.alive]
         if not keep:
             return
@@ -300,16 +301,16 @@ class GenerationEngine(Engine):
         seqs = self._running
         try:
             masks = self._constraints.start(seqs)  # worked on during the step
-            logits = self._batch.step([seq.last_token for seq in seqs])
-            picks = self._constraints.pick(logits, seqs, masks)
+            logits = self._batch.step([seq.feed() for seq in seqs])
+            picks = self._constraints.pick(logits, seqs, masks, runs=self._batch.multi_token)
         except Exception:
             log.exception("decode step of %d sequences failed", len(seqs))
             self._fail_running(out, "the model failed during generation")
             return
         self._stats.steps += 1
         self._stats.last_batch_size = len(seqs)
-        for seq, (token, logprob) in zip(seqs, picks, strict=True):
-            self._accept(seq, token, logprob, out)
+        for seq, (tokens, logprob) in zip(seqs, picks, strict=True):
+            self._accept(seq, tokens, logprob, out)
 
     def _score_prompts(self, prompts: dict[tuple[RequestState, int], int]) -> None:
         """Logprob entries of the prompts just prefilled whose jobs echo them with logprobs."""
@@ -321,10 +322,19 @@ class GenerationEngine(Engine):
             rows = sampling.prompt_logprobs(self._lm.prompt_logits(ids), ids, k) if len(ids) > 1 else []
             req.prompt_logprobs[p] = self._token_texts.prompt(ids, rows)
 
-    def _accept(self, seq: SequenceState, token: int, logprob: RowLogprobs | None, out: Outbox) -> None:
-        """Record a sampled token: its text and logprobs go to the outbox, and the choice may end."""
-        if not seq.alive:
-            return
+    def _accept(
+        self, seq: SequenceState, tokens: list[int], logprob: RowLogprobs | None, out: Outbox
+    ) -> None:
+        """Record a row's picked tokens, up to where its choice ends (``logprob`` is the first's)."""
+        for k, token in enumerate(tokens):
+            if not seq.alive:
+                return
+            # A run of several is a grammar's forced tokens, given only to rows without logprobs.
+            self._accept_token(seq, token, logprob if k == 0 else None, out)
+            self._stats.tokens_forced += k > 0
+
+    def _accept_token(self, seq: SequenceState, token: int, logprob: RowLogprobs | None, out: Outbox) -> None:
+        """Record one token: its text and logprobs go to the outbox, and the choice may end."""
         echo, echo_logprobs = seq.echo()  # the echoed prompt comes before the first token
         try:
             text, finish = seq.advance(token, self._lm.eos_token_ids)

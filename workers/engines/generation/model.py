@@ -27,8 +27,14 @@ class DecodeBatch(Protocol):
         """Whether :meth:`join` may add rows while this batch has rows of its own."""
         ...
 
-    def step(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed one token per row; returns the next-token logits, ``[rows, vocab]``."""
+    @property
+    def multi_token(self) -> bool:
+        """Whether :meth:`step` may feed a row more than one token."""
+        ...
+
+    def step(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed each row its tokens (one, or several where :attr:`multi_token`); returns each row's
+        next-token logits after its last token, ``[rows, vocab]``."""
         ...
 
     def keep(self, rows: Sequence[int]) -> None:

@@ -111,8 +111,8 @@ class SequenceState:
     detokenizer: Detokenizer
     stops: StopMatcher
     generated: int = 0
-    #: Sampled but not yet fed to the model.
-    last_token: int = -1
+    #: Taken but not yet fed to the model: the sampled token, or the run a grammar forced.
+    unfed: list[int] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     #: Every token's entry (echoed prompt tokens first), when the job asked for logprobs.
     logprobs: list[TokenLogprob] | None = None
@@ -139,6 +139,11 @@ class SequenceState:
     def params(self) -> SamplingParams:
         return self.request.job.sampling
 
+    def feed(self) -> list[int]:
+        """The tokens to feed the model next (the row's input to the coming step)."""
+        tokens, self.unfed = self.unfed, []
+        return tokens
+
     def echo(self) -> tuple[str, list[TokenLogprob]]:
         """What comes before its first token: the echoed prompt and its entries (none without echo)."""
         req = self.request
@@ -151,7 +156,7 @@ class SequenceState:
         (None: it goes on). Raises :class:`InvalidRequest` if the choice's grammar cannot go on."""
         params = self.params
         self.generated += 1
-        self.last_token = token
+        self.unfed.append(token)
         finish: FinishReason | None = None
         complete = self._match(token)
         if token in params.stop_token_ids:
