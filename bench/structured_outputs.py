@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from http_load import RawCall, drive, post_json  # bench/, the script's folder
 from pydantic import BaseModel, Field
+from serving_stack import engine_totals
 
 from harness import REPO, RedisServer, WorkerProcess, free_port, start_api, stop_process
 from shared.jobs import JsonSchemaConstraint
@@ -231,12 +232,17 @@ def bench_throughput(args: argparse.Namespace) -> None:
             "free_same_lengths": [],
             "free_same_max": [],
         }
+        engine: dict[str, list[dict[str, float]]] = {name: [] for name in results}
         for _ in range(args.rounds):
+            before = engine_totals(redis, "tiny-chat")[0]
             results["json_schema"].append(
                 window(api.port, [constrained], args.concurrency, args.duration, lengths)
             )
+            engine["json_schema"].append(decode_work(before, engine_totals(redis, "tiny-chat")[0]))
+            before = engine_totals(redis, "tiny-chat")[0]
             matched = [{**base, "max_tokens": n, "ignore_eos": True} for n in lengths]
             results["free_same_lengths"].append(window(api.port, matched, args.concurrency, args.duration))
+            engine["free_same_lengths"].append(decode_work(before, engine_totals(redis, "tiny-chat")[0]))
             results["free_same_max"].append(window(api.port, [base], args.concurrency, args.duration))
             for name, windows in results.items():
                 log(f"{name}: {windows[-1]}")
@@ -259,6 +265,7 @@ def bench_throughput(args: argparse.Namespace) -> None:
                 "ratio_same_max_tokens": round(rate["json_schema"] / rate["free_same_max"], 3),
                 "target": ">= 0.8x (same lengths)",
                 "pass": ratio >= 0.8,
+                "decode_work": {name: w for name, w in engine.items() if w},
                 "windows": results,
             }
         )
@@ -267,6 +274,18 @@ def bench_throughput(args: argparse.Namespace) -> None:
         api_log.close()
         worker.stop()
         redis.stop()
+
+
+def decode_work(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Tokens per decode step and the share of tokens a grammar forced past a row's first in a step,
+    between two reads of the worker's heartbeat counters (approximate: it beats every few seconds)."""
+    delta = {n: after.get(n, 0) - before.get(n, 0) for n in ("tokens_generated", "tokens_forced", "steps")}
+    if not delta["steps"] or not delta["tokens_generated"]:
+        return {}
+    return {
+        "tokens_per_step": round(delta["tokens_generated"] / delta["steps"], 2),
+        "forced_share": round(delta["tokens_forced"] / delta["tokens_generated"], 3),
+    }
 
 
 def widened(source: Path, dest: Path, hidden_size: int, layers: int) -> Path:
