@@ -2,8 +2,9 @@
 
 rq costs several Redis round trips and milliseconds of worker CPU per job (../shared/design.md), as
 much as embedding a short sentence. So while this process already has enough jobs of a model in
-flight to keep its workers busy, new requests wait together, and when one of those jobs ends they
-go as one job (of at most ``coalesce_inputs`` inputs). Under light load every request goes at once,
+flight to keep its workers busy (``coalesce_in_flight`` per live worker), new requests wait
+together, and when one of those jobs ends they go as one job (of at most ``coalesce_inputs``
+inputs). Under light load every request goes at once,
 as its own job: coalescing adds no latency when there is nothing to amortise.
 
 A coalesced job is an ordinary rq job whose inputs are its requests' inputs, so the queue, the
@@ -35,11 +36,6 @@ log = logging.getLogger(__name__)
 #: that failed on it): its requests then run alone, each for its own answer. Others (no live worker,
 #: queue full, Redis down, deadline passed) would fail alone too, and are shared as they are.
 _INPUT_FAILURES = (InvalidRequest, InternalError)
-
-#: Jobs in flight per live worker before requests start to coalesce: one running, one queued behind
-#: it, so a worker never waits for the API between jobs (MiniLM on 2 shared cores: its engine was
-#: busy 85-93% of the time with one, 99.6-100% with two; bench/RESULTS.md).
-IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(eq=False)
@@ -90,7 +86,7 @@ class EmbedCoalescer:
         # Only requests the worker would treat alike share a job (and an owner: the job's id is
         # each request's X-Job-Id, which only its owner may look up).
         key = (job.model, job.dimensions, job.owner, job.band, job.lane)
-        limit = IN_FLIGHT_PER_WORKER * max(1, self._dispatcher.live_workers(job.model))
+        limit = spec.coalesce_in_flight * max(1, self._dispatcher.live_workers(job.model))
         member = _Member(job, context)
         batch: list[_Member] | None = None
         with self._lock:

@@ -75,6 +75,16 @@ class ModelSpec(BaseModel):
             " all of them; 1 sends every request as its own job."
         ),
     )
+    coalesce_in_flight: PositiveInt = Field(
+        1,
+        description=(
+            "Embedding models: coalesced jobs an API process keeps in flight per live worker before"
+            " new requests wait to be merged. One makes the biggest jobs (rq's cost per job paid"
+            " once for the most inputs) and the worker's streams share each job's passes: on 2 CPU"
+            " cores ~1.2x the requests/s of two (bench/RESULTS.md). Two keep a job queued behind the"
+            " running one, for a worker that must never wait on the API between jobs."
+        ),
+    )
     tool_parser: ToolParserName | None = Field(
         None,
         description=(

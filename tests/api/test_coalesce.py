@@ -11,7 +11,6 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from api import coalesce
 from api.middleware import DispatchMiddleware, RequestContext
 from shared.errors import Cancelled, DeadlineExceeded, InternalError, InvalidRequest, ServiceUnavailable
 from shared.events import DoneEvent
@@ -36,19 +35,16 @@ def new_job(services, inputs, deadline_s: float = 30.0) -> EmbedJob:
     )
 
 
-def spec(services, coalesce_inputs: int):
-    return services.catalog.resolve("minilm").model_copy(update={"coalesce_inputs": coalesce_inputs})
+def spec(services, coalesce_inputs: int, *, busy: bool = True):
+    """minilm merging up to ``coalesce_inputs`` inputs; if ``busy``, every request waits as if its
+    workers were busy (no job in flight is allowed) until that many are pending."""
+    update = {"coalesce_inputs": coalesce_inputs, **({"coalesce_in_flight": 0} if busy else {})}
+    return services.catalog.resolve("minilm").model_copy(update=update)
 
 
 def alone(services, inputs):
     """The request's result as its own job (coalescing off)."""
     return services.coalescer.embed(new_job(services, inputs), spec(services, 1), RequestContext())[1]
-
-
-@pytest.fixture
-def busy(monkeypatch):
-    """Every request waits as if the model's workers were busy, until ``coalesce_inputs`` are pending."""
-    monkeypatch.setattr(coalesce, "IN_FLIGHT_PER_WORKER", 0)
 
 
 @pytest.fixture
@@ -80,7 +76,7 @@ def run_together(services, inputs_per_request, model_spec):
         return list(pool.map(call, inputs_per_request))
 
 
-def test_concurrent_requests_share_one_job_and_get_their_own_results(services, busy) -> None:
+def test_concurrent_requests_share_one_job_and_get_their_own_results(services) -> None:
     requests = [[TEXTS[0]], [TEXTS[1], TEXTS[2]], [TEXTS[3]]]
     outcomes = run_together(services, requests, spec(services, 4))
 
@@ -97,7 +93,7 @@ def test_concurrent_requests_share_one_job_and_get_their_own_results(services, b
         assert result.input_tokens == reference.input_tokens
 
 
-def test_a_bad_input_fails_only_its_own_request(services, busy) -> None:
+def test_a_bad_input_fails_only_its_own_request(services) -> None:
     requests = [[TEXTS[0]], [[10**9]], [TEXTS[1]], [TEXTS[3]]]
     outcomes = run_together(services, requests, spec(services, 4))
 
@@ -108,7 +104,7 @@ def test_a_bad_input_fails_only_its_own_request(services, busy) -> None:
             np.testing.assert_allclose(outcome[1].embeddings, alone(services, inputs).embeddings, atol=1e-5)
 
 
-def test_requests_leave_the_pending_batch_when_their_client_goes_or_time_runs_out(services, busy) -> None:
+def test_requests_leave_the_pending_batch_when_their_client_goes_or_time_runs_out(services) -> None:
     model_spec = spec(services, 64)  # never full: both requests stay pending
     started = time.monotonic()
     with pytest.raises(Cancelled, match="client went away"):
@@ -120,7 +116,7 @@ def test_requests_leave_the_pending_batch_when_their_client_goes_or_time_runs_ou
 
 
 def test_under_light_load_every_request_is_its_own_job(services) -> None:
-    model_spec = spec(services, 64)
+    model_spec = spec(services, 64, busy=False)
     for text in TEXTS:
         job = new_job(services, [text])
         job_id, result = services.coalescer.embed(job, model_spec, RequestContext())
@@ -140,7 +136,7 @@ class RecordSubmits(DispatchMiddleware):
         return [inputs for _, inputs in self.sent]
 
 
-def test_the_next_job_is_sent_before_the_last_ones_requests_are_answered(services, busy, middleware) -> None:
+def test_the_next_job_is_sent_before_the_last_ones_requests_are_answered(services, middleware) -> None:
     """Answering wakes a request thread each; the model's worker must not wait behind them."""
     sent_at = middleware(RecordSubmits()).sent
     answered_at: dict[str, float] = {}
@@ -160,7 +156,7 @@ def test_the_next_job_is_sent_before_the_last_ones_requests_are_answered(service
     assert all(second_sent < answered_at[text] for text in first_inputs)
 
 
-def test_a_lone_surrogate_in_a_coalesced_job_fails_only_its_own_request(services, busy, middleware) -> None:
+def test_a_lone_surrogate_in_a_coalesced_job_fails_only_its_own_request(services, middleware) -> None:
     """A job built past the API's checks carries the surrogate to the real worker's tokenizer."""
     sent = middleware(RecordSubmits())
     requests = [[TEXTS[0]], ["poisoned \ud800 input"], [TEXTS[1], TEXTS[2]], [TEXTS[3]]]
@@ -192,9 +188,7 @@ class FailJobsWith(DispatchMiddleware):
             raise self.error
 
 
-def test_an_internal_error_of_a_coalesced_job_makes_its_requests_run_alone(
-    services, busy, middleware
-) -> None:
+def test_an_internal_error_of_a_coalesced_job_makes_its_requests_run_alone(services, middleware) -> None:
     middleware(FailJobsWith(InternalError("the model failed to run this request")))
     sent = middleware(RecordSubmits())
     requests = [[TEXTS[0]], [CHOKE], [TEXTS[1]], [TEXTS[3]]]
@@ -208,7 +202,7 @@ def test_an_internal_error_of_a_coalesced_job_makes_its_requests_run_alone(
             np.testing.assert_allclose(outcome[1].embeddings, alone(services, inputs).embeddings, atol=1e-5)
 
 
-def test_a_failure_that_is_not_about_an_input_stays_shared(services, busy, middleware) -> None:
+def test_a_failure_that_is_not_about_an_input_stays_shared(services, middleware) -> None:
     middleware(FailJobsWith(ServiceUnavailable("no live worker", retry_after=1)))
     sent = middleware(RecordSubmits())
     outcomes = run_together(services, [[TEXTS[0]], [CHOKE], [TEXTS[1]]], spec(services, 3))

@@ -17,7 +17,7 @@ from shared.jobs import EmbedJob, EmbedResult, GenerateJob, RerankJob, RerankRes
 from workers.backends.embedding import Embedder
 from workers.backends.rerank import Reranker
 from workers.engines.base import Ticket
-from workers.engines.pooling import EmbeddingEngine, RerankEngine, plan_passes
+from workers.engines.pooling import EmbeddingEngine, RerankEngine, plan_passes, spread_passes
 
 WAIT = 30.0
 SENTENCES = [
@@ -102,6 +102,18 @@ def test_plan_passes_sorts_and_bounds_padded_tokens() -> None:
 def test_plan_passes_one_pass_when_everything_fits() -> None:
     assert plan_passes([4, 2, 3], max_tokens=100) == [[1, 2, 0]]
     assert plan_passes([], max_tokens=100) == []
+
+
+def test_spread_passes_halves_the_largest_until_every_stream_has_one() -> None:
+    assert spread_passes([list(range(10))], 2, min_rows=4) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert spread_passes([list(range(16)), [16]], 3, min_rows=4) == [
+        list(range(8)),
+        list(range(8, 16)),
+        [16],
+    ]
+    # None under min_rows: a pass of 7 stays whole; fewer ways than passes changes nothing.
+    assert spread_passes([list(range(7))], 2, min_rows=4) == [list(range(7))]
+    assert spread_passes([[0], [1], [2]], 2) == [[0], [1], [2]]
 
 
 # -- Embedder and EmbeddingEngine with the real MiniLM ------------------------------------------
@@ -318,6 +330,45 @@ def test_streams_run_forward_passes_at_once_and_share_what_waits(engine_factory)
     fake.release.set()
     assert [outcome(t).embeddings[0][0] for t in busy + queued] == [4.0, 4.0, 1.0, 2.0, 3.0, 4.0]
     assert len(fake.calls) in (5, 6) and sum(len(call) for call in fake.calls[4:]) == 4
+
+
+def test_one_big_job_is_cut_into_passes_for_the_idle_streams(engine_factory) -> None:
+    fake = FakeEmbedder()
+    inside = threading.Barrier(2, timeout=WAIT)  # both halves must be in the model at the same time
+
+    def embed(texts: list[str]) -> np.ndarray:
+        inside.wait()
+        return FakeEmbedder.embed(fake, texts)
+
+    fake.embed = embed
+    engine = engine_factory(EmbeddingEngine, fake, spec("embedding", streams=2))
+    wait_until(lambda: engine._idle == 2, WAIT, "both streams idle", interval=0.01)
+    texts = ["x" * (k % 5 + 1) for k in range(10)]
+    result = outcome(engine.submit(embed_job(texts), threading.Event()))
+    assert [vector[0] for vector in result.embeddings] == [float(len(t)) for t in texts]
+    assert sorted(len(call) for call in fake.calls) == [5, 5]
+    assert engine.stats().forward_passes == 2 and engine.active == 0
+
+
+def test_a_poisoned_input_fails_only_its_job_however_the_streams_share_the_passes(engine_factory) -> None:
+    fake = FakeEmbedder()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if "poison" in texts:
+            raise RuntimeError("boom")
+        return FakeEmbedder.embed(fake, texts)
+
+    fake.embed = embed
+    for _ in range(5):  # the streams split the two jobs differently from run to run
+        engine = engine_factory(EmbeddingEngine, fake, spec("embedding", streams=2), start=False)
+        good = engine.submit(embed_job(["y" * (k % 3 + 1) for k in range(16)]), threading.Event())
+        bad = engine.submit(embed_job(["poison", "z"]), threading.Event())
+        engine.start()
+        assert [vector[0] for vector in outcome(good).embeddings] == [float(k % 3 + 1) for k in range(16)]
+        with pytest.raises(InternalError):
+            outcome(bad)
+        assert engine.alive and engine.active == 0
+        engine.stop()
 
 
 def test_stop_joins_every_stream_and_a_dead_stream_is_not_alive(engine_factory) -> None:

@@ -5,7 +5,7 @@ batching loop; ``embedding``, ``rerank``: what a job of each kind is made of.
 """
 
 from workers.engines.pooling.embedding import EmbeddingEngine
-from workers.engines.pooling.engine import PoolingEngine, plan_passes, usage_of
+from workers.engines.pooling.engine import PoolingEngine, plan_passes, spread_passes, usage_of
 from workers.engines.pooling.model import Embedder, Reranker
 from workers.engines.pooling.rerank import RerankEngine
 
@@ -16,5 +16,6 @@ __all__ = [
     "RerankEngine",
     "Reranker",
     "plan_passes",
+    "spread_passes",
     "usage_of",
 ]

@@ -2,17 +2,19 @@
 
 Jobs that are pending together are pooled: their inputs are sorted by length and cut into forward passes
 of at most ``spec.max_batch_tokens`` padded tokens, and each job gets its own results back in its order.
+With ``spec.streams`` > 1, several engine threads run passes at once: a batch's passes are cut finer
+while other streams are idle and offered to them, so one big job keeps every stream busy.
 Subclasses (``embedding``, ``rerank``) say what a job's inputs are and how a pass runs.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.catalog import ModelSpec
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds stop() waits for a forward pass in progress before giving up on the engine thread.
 STOP_TIMEOUT = 60.0
+
+#: Fewest inputs in a pass cut off a batch for an idle stream: smaller passes cost more per input
+#: than the stream's help saves.
+MIN_SHARED_PASS = 4
 
 
 def plan_passes(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -53,6 +59,20 @@ def plan_passes(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return passes
 
 
+def spread_passes(passes: list[list[int]], ways: int, min_rows: int = MIN_SHARED_PASS) -> list[list[int]]:
+    """``passes`` cut until there are ``ways`` of them, halving the largest, none under ``min_rows``
+    inputs: work for ``ways`` streams at once. A pass keeps its inputs' order (sorted by length)."""
+    passes = [list(p) for p in passes]
+    while len(passes) < ways:
+        largest = max(range(len(passes)), key=lambda k: len(passes[k]))
+        rows = passes[largest]
+        if len(rows) < 2 * min_rows:
+            break
+        half = len(rows) // 2
+        passes[largest : largest + 1] = [rows[:half], rows[half:]]
+    return passes
+
+
 def usage_of(tokens: Sequence[int]) -> Usage:
     """Usage of a pooling job: every token is a prompt token."""
     total = sum(tokens)
@@ -69,6 +89,23 @@ class _Pending:
         self.outputs: list[Any] = [None] * len(items)
 
 
+class _Offer:
+    """A pass of a batch offered to the idle streams; whoever takes it off the offers runs it."""
+
+    def __init__(self, run: Callable[[], int]) -> None:
+        self._run = run
+        self.ran = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.ran = self._run()
+        except Exception:  # a bug here must kill neither thread; the batch's results show the gap
+            logger.exception("a shared forward pass failed")
+        finally:  # its batch's thread waits on it: it must always end
+            self.done.set()
+
+
 class PoolingEngine(Engine):
     """Shared batching loop; subclasses say how to split a job into inputs and run a forward pass."""
 
@@ -78,10 +115,14 @@ class PoolingEngine(Engine):
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self._queue: queue.SimpleQueue[Ticket | None] = queue.SimpleQueue()
         #: Its engine threads: ``spec.streams`` forward passes run at once (the model must allow it).
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        #: Signalled when a ticket or an offer arrives, or the engine stops; shares ``_lock``.
+        self._work = threading.Condition(self._lock)
+        self._tickets: deque[Ticket] = deque()
+        #: Passes of running batches that an idle stream may take, oldest first (before new tickets).
+        self._offers: deque[_Offer] = deque()
         self._stopping = False
         self._active = 0
         #: Engine threads waiting for work.
@@ -129,7 +170,7 @@ class PoolingEngine(Engine):
         threads."""
         with self._lock:
             self._stopping = True
-            self._queue.put(None)  # wakes a thread; each passes it on as it leaves (see _run)
+            self._work.notify_all()
         deadline = time.monotonic() + STOP_TIMEOUT
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -153,7 +194,8 @@ class PoolingEngine(Engine):
             if self._stopping:
                 raise ServiceUnavailable(f"model {self.spec.name!r} is shutting down")
             self._active += 1
-            self._queue.put(ticket)
+            self._tickets.append(ticket)
+            self._work.notify()
         return ticket
 
     @property
@@ -178,19 +220,21 @@ class PoolingEngine(Engine):
         while True:
             with self._lock:
                 self._idle += 1
-            first = self._queue.get()
-            with self._lock:
+                while not (self._offers or self._tickets or self._stopping):
+                    self._work.wait()
                 self._idle -= 1
-                idle = self._idle
-            # Jobs that arrived while the last batch ran share the next one; with other streams
-            # idle, this one takes an even share of what waits and leaves them the rest.
-            share = None if not idle else -(-(1 + self._queue.qsize()) // (1 + idle)) - 1
-            batch = [*([] if first is None else [first]), *self._drain(share)]
+                # Another batch's pass comes first: that batch's jobs have waited longest.
+                offer = self._offers.popleft() if self._offers else None
+                if offer is None and not self._stopping:
+                    # Jobs that arrived while the last batch ran share the next one; with other
+                    # streams idle, this one takes an even share of what waits and leaves them the rest.
+                    most = -(-len(self._tickets) // (1 + self._idle))
+                    batch = [self._tickets.popleft() for _ in range(most)]
+            if offer is not None:
+                offer.run()
+                continue
             if self._stopping:
-                for ticket in batch:
-                    self._fail(ticket, ServiceUnavailable(f"model {self.spec.name!r} is shutting down"))
-                self._queue.put(None)  # the next stream's wake-up: this one took the marker
-                return
+                return  # stop() fails what is left once every thread has left
             try:
                 self._run_batch(batch)
             except Exception:  # a bug here must not kill the thread and strand every later job
@@ -199,16 +243,11 @@ class PoolingEngine(Engine):
                     if not ticket.done:
                         self._fail(ticket, InternalError("the model failed to run this request"))
 
-    def _drain(self, most: int | None = None) -> list[Ticket]:
-        """The tickets queued now (without the stop marker), up to ``most``, taken off the queue."""
-        tickets: list[Ticket] = []
-        while most is None or len(tickets) < most:
-            try:
-                ticket = self._queue.get_nowait()
-            except queue.Empty:
-                return tickets
-            if ticket is not None:
-                tickets.append(ticket)
+    def _drain(self) -> list[Ticket]:
+        """Every ticket queued now, taken off the queue."""
+        with self._lock:
+            tickets = list(self._tickets)
+            self._tickets.clear()
         return tickets
 
     def _dropped(self, ticket: Ticket, now: float) -> bool:
@@ -254,10 +293,12 @@ class PoolingEngine(Engine):
         rows = [(pending, i) for pending in live for i in range(len(pending.items))]
         lengths = [pending.tokens[i] for pending, i in rows]
         passes = plan_passes(lengths, self.spec.max_batch_tokens)
+        with self._lock:
+            idle = self._idle
+        if idle:
+            passes = spread_passes(passes, 1 + idle)
         started = time.monotonic()
-        ran = 0
-        for indices in passes:
-            ran += self._run_pass([rows[k] for k in indices])
+        ran = self._run_passes([[rows[k] for k in indices] for indices in passes], idle)
 
         for p in live:
             if p.ticket.done:
@@ -286,6 +327,30 @@ class PoolingEngine(Engine):
             ran,
             time.monotonic() - started,
         )
+
+    def _run_passes(self, chunks: list[list[tuple[_Pending, int]]], idle: int) -> int:
+        """Run a batch's passes, offering all but the first to the ``idle`` streams; the passes that
+        succeeded. An offer no stream took by the time this thread gets to it runs here."""
+        offers = [_Offer(lambda chunk=chunk: self._run_pass(chunk)) for chunk in chunks[1:]] if idle else []
+        if offers:
+            with self._lock:
+                self._offers.extend(offers)
+                self._work.notify(len(offers))
+        ran = 0
+        for k, chunk in enumerate(chunks):
+            if k == 0 or not offers:
+                ran += self._run_pass(chunk)
+                continue
+            offer = offers[k - 1]
+            with self._lock:
+                mine = offer in self._offers
+                if mine:
+                    self._offers.remove(offer)
+            if mine:
+                offer.run()
+            offer.done.wait()
+            ran += offer.ran
+        return ran
 
     def _run_pass(self, chunk: list[tuple[_Pending, int]]) -> int:
         """One forward pass over ``chunk``'s live rows; the passes that succeeded.
