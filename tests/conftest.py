@@ -35,7 +35,7 @@ from harness import (  # noqa: E402
     start_api,
     stop_process,
 )
-from tests.settings import HEARTBEAT_TTL  # noqa: E402
+from tests.settings import HEARTBEAT_TTL, SPARE, SPARE_CONTEXT_LENGTH  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,7 +83,7 @@ def models_file(tmp_path_factory, models_dir: Path) -> Path:
 models:
   - {{name: tiny-chat, aliases: [gpt-test], kind: chat, source: "{chat}", context_length: 256,
      max_batch_size: 4}}
-  - {{name: tiny-chat-spare, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 2,
+  - {{name: {SPARE}, kind: chat, source: "{chat}", context_length: {SPARE_CONTEXT_LENGTH}, max_batch_size: 2,
      max_queue: 3}}
   - {{name: tiny-chat-tools, kind: chat, source: "{chat}", context_length: 2048, max_batch_size: 4}}
   - {{name: ghost, kind: chat, source: "{chat}"}}

@@ -109,6 +109,17 @@ class SlotWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         """The process's main thread owns signals; it drains the slots through ``draining``."""
 
+    def subscribe(self) -> None:
+        """rq's subscription to its command channel (stop-job), read by a thread that wakes every
+        ``HEARTBEAT_EVERY_S``: rq's own waits 60 s per read, and redis-py joins that thread when the
+        slot ends, so a read begun just after the unsubscribe held a draining worker for a minute."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=HEARTBEAT_EVERY_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
     def _set_ip_address(self, connection: Redis) -> None:
         """rq names the connection while it constructs the worker: a slot made again while Redis is
         down (after an outage stopped the last one) must not die of it, but start when Redis is back."""

@@ -5,8 +5,7 @@ import signal
 import openai
 
 from harness import start_api
-
-SPARE = "tiny-chat-spare"
+from tests.settings import SPARE
 
 
 def test_sigterm_to_the_api_finishes_open_streams(base_env, start_worker, tmp_path):

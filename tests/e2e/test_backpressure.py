@@ -12,9 +12,14 @@ from rq.serializers import JSONSerializer
 
 from harness import wait_until
 from shared import keys
+from tests.settings import LONG_TOKENS, SPARE
 
-SPARE = "tiny-chat-spare"  # two slots and max_queue 3 in the test models file
-LONG = {"model": SPARE, "messages": [{"role": "user", "content": "go"}], "max_tokens": 1800, "temperature": 0}
+LONG = {
+    "model": SPARE,
+    "messages": [{"role": "user", "content": "go"}],
+    "max_tokens": LONG_TOKENS,
+    "temperature": 0,
+}
 
 
 def test_full_queue_429_then_inspect_and_cancel_every_job(start_worker, sdk, api_server, redis_server):

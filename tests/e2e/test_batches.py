@@ -18,8 +18,8 @@ from harness import crash, start_api, stop_process, wait_until
 from harness.services import ApiServer
 from shared import keys
 from tests.e2e.test_responses_background import kill_its_worker
+from tests.settings import SPARE
 
-SPARE = "tiny-chat-spare"
 FINAL = ("completed", "failed", "expired", "cancelled")
 
 

@@ -18,9 +18,11 @@ from rq.serializers import JSONSerializer
 
 from harness import REPO, WorkerProcess, live_models, start_api, stop_process, wait_until
 from shared import keys
-from tests.settings import HEARTBEAT_TTL
+from tests.settings import (
+    HEARTBEAT_TTL,
+    SPARE,  # noqa: E402
+)
 
-SPARE = "tiny-chat-spare"  # two slots; served by no session worker
 PROMPT = [{"role": "user", "content": "Write a long story."}]
 DOTTED_HOST = "node1.cluster.local"
 

@@ -37,8 +37,8 @@ from harness import (
 from shared import keys
 from shared.events import ErrorEvent, decode_event
 from shared.jobs import ChatMessage, GenerateJob, SamplingParams
+from tests.settings import LONG_TOKENS, SPARE
 
-SPARE = "tiny-chat-spare"  # two slots, at most three queued jobs
 PROMPT = [{"role": "user", "content": "hello"}]
 
 #: Longer than the suite's: a beat every 3 s makes "re-registers at once" measurable, and a key
@@ -128,7 +128,7 @@ def healthy(stack):
 class Stream:
     """A long streamed chat in a thread of its own; ``outcome`` is "completed" or the exception."""
 
-    def __init__(self, sdk: openai.OpenAI, max_tokens: int = 1800) -> None:
+    def __init__(self, sdk: openai.OpenAI, max_tokens: int = LONG_TOKENS) -> None:
         self.outcome: object = None
         self.chunks = 0
         self.started = threading.Event()

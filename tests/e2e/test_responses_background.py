@@ -17,12 +17,12 @@ import requests
 from harness import crash, start_api, stop_process, wait_until
 from harness.services import ApiServer
 from tests.e2e.test_worker_crash import pid_running, started_jobs
+from tests.settings import LONG_TOKENS, SPARE
 
-SPARE = "tiny-chat-spare"
 LONG = dict(
     model=SPARE,
     input="Write a long story.",
-    max_output_tokens=1800,
+    max_output_tokens=LONG_TOKENS,
     extra_body={"seed": 3, "ignore_eos": True},
 )
 SHORT = dict(model=SPARE, input="Say something.", max_output_tokens=40, extra_body={"seed": 5})
@@ -149,9 +149,7 @@ def test_queue_position_then_cancel_wherever_it_is(sdk, spare, api_b, redis_serv
 
 def test_a_background_response_ends_at_its_deadline(sdk, spare) -> None:
     started = time.monotonic()
-    created = sdk.responses.create(
-        background=True, extra_headers={"X-Request-Timeout": "2"}, **{**LONG, "max_output_tokens": 100_000}
-    )
+    created = sdk.responses.create(background=True, extra_headers={"X-Request-Timeout": "2"}, **LONG)
     response, _ = final(sdk, created.id, timeout=30)
     assert response.status == "failed" and response.error is not None, response
     assert time.monotonic() - started < 2 + 10
@@ -191,7 +189,8 @@ def test_a_worker_killed_before_it_sent_anything_gets_it_requeued(
 ) -> None:
     first, second = start_worker(SPARE), start_worker(SPARE)
     try:
-        created = sdk.responses.create(background=True, **LONG)  # not streamed: no delta frames
+        # Not streamed (no delta frames), and short enough that the other worker runs it whole.
+        created = sdk.responses.create(background=True, **{**LONG, "max_output_tokens": 1800})
         job_id = created.id.removeprefix("resp_")
         wait_until(lambda: job_id in started_jobs(redis_server), 30, "the job to start")
         kill_its_worker(redis_server, job_id, [spare, first, second])

@@ -10,8 +10,7 @@ from rq.serializers import JSONSerializer
 
 from harness import start_api, stop_process, wait_until
 from shared import keys
-
-SPARE = "tiny-chat-spare"
+from tests.settings import LONG_TOKENS, SPARE
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,10 @@ def test_deadline_is_504_and_the_job_is_stopped(strict_api, start_worker, redis_
         started = time.monotonic()
         with pytest.raises(openai.InternalServerError) as caught:
             sdk.chat.completions.create(
-                model=SPARE, messages=[{"role": "user", "content": "go"}], max_tokens=1800, temperature=0
+                model=SPARE,
+                messages=[{"role": "user", "content": "go"}],
+                max_tokens=LONG_TOKENS,
+                temperature=0,
             )
         assert caught.value.status_code == 504 and caught.value.code == "deadline_exceeded"
         assert time.monotonic() - started < 3
@@ -63,7 +65,7 @@ def test_deadline_is_504_and_the_job_is_stopped(strict_api, start_worker, redis_
             for _ in sdk.chat.completions.create(
                 model=SPARE,
                 messages=[{"role": "user", "content": "go"}],
-                max_tokens=1800,
+                max_tokens=LONG_TOKENS,
                 temperature=0,
                 stream=True,
             ):

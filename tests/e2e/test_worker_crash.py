@@ -14,9 +14,8 @@ from rq.serializers import JSONSerializer
 
 from harness import wait_until
 from shared import keys
-from tests.settings import HEARTBEAT_TTL
+from tests.settings import HEARTBEAT_TTL, LONG_TOKENS, SPARE
 
-SPARE = "tiny-chat-spare"
 PROMPT = [{"role": "user", "content": "Write a long story."}]
 
 
@@ -80,7 +79,7 @@ def test_a_stream_whose_worker_dies_ends_with_a_retryable_error(start_worker, sd
     worker = start_worker(SPARE)
     try:
         stream = sdk.chat.completions.create(
-            model=SPARE, messages=PROMPT, max_tokens=1800, temperature=0, stream=True
+            model=SPARE, messages=PROMPT, max_tokens=LONG_TOKENS, temperature=0, stream=True
         )
         chunks = iter(stream)
         next(chunks)
