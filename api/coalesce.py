@@ -4,8 +4,8 @@ rq costs several Redis round trips and milliseconds of worker CPU per job (../sh
 much as embedding a short sentence. So while this process already has enough jobs of a model in
 flight to keep its workers busy (``coalesce_in_flight`` per live worker), new requests wait
 together, and when one of those jobs ends they go as one job (of at most ``coalesce_inputs``
-inputs). Under light load every request goes at once,
-as its own job: coalescing adds no latency when there is nothing to amortise.
+inputs). Under light load every request goes at once, as its own job: coalescing adds no latency
+when there is nothing to amortise.
 
 A coalesced job is an ordinary rq job whose inputs are its requests' inputs, so the queue, the
 registries and rq-dashboard show it as it is. Each request keeps its own deadline and its own

@@ -307,15 +307,20 @@ def test_stop_joins_a_running_engine(engine_factory) -> None:
     assert not engine.alive
 
 
-def test_streams_run_forward_passes_at_once_and_share_what_waits(engine_factory) -> None:
-    fake = FakeEmbedder()
-    inside = threading.Barrier(2, timeout=WAIT)  # both passes must be in the model at the same time
+def two_passes_at_once(fake: FakeEmbedder) -> FakeEmbedder:
+    """``fake``, whose passes each wait until two are in the model at the same time."""
+    inside = threading.Barrier(2, timeout=WAIT)
 
     def embed(texts: list[str]) -> np.ndarray:
         inside.wait()
         return FakeEmbedder.embed(fake, texts)
 
     fake.embed = embed
+    return fake
+
+
+def test_streams_run_forward_passes_at_once_and_share_what_waits(engine_factory) -> None:
+    fake = two_passes_at_once(FakeEmbedder())
     engine = engine_factory(EmbeddingEngine, fake, spec("embedding", streams=2))
     first, second = (engine.submit(embed_job([text]), threading.Event()) for text in ("a", "bb"))
     assert [outcome(t).embeddings for t in (first, second)] == [[[1.0, 1.0]], [[2.0, 1.0]]]
@@ -333,14 +338,7 @@ def test_streams_run_forward_passes_at_once_and_share_what_waits(engine_factory)
 
 
 def test_one_big_job_is_cut_into_passes_for_the_idle_streams(engine_factory) -> None:
-    fake = FakeEmbedder()
-    inside = threading.Barrier(2, timeout=WAIT)  # both halves must be in the model at the same time
-
-    def embed(texts: list[str]) -> np.ndarray:
-        inside.wait()
-        return FakeEmbedder.embed(fake, texts)
-
-    fake.embed = embed
+    fake = two_passes_at_once(FakeEmbedder())
     engine = engine_factory(EmbeddingEngine, fake, spec("embedding", streams=2))
     wait_until(lambda: engine._idle == 2, WAIT, "both streams idle", interval=0.01)
     texts = ["x" * (k % 5 + 1) for k in range(10)]

@@ -29,48 +29,12 @@ from shared.errors import (
 from shared.jobs import AnyJob, AnyResult, EmbedJob, RerankJob, Usage
 from shared.status import PoolingStats
 from workers.engines.base import Engine, Ticket, count_outcome
+from workers.engines.pooling.passes import plan_passes, spread_passes
 
 logger = logging.getLogger(__name__)
 
 #: Seconds stop() waits for a forward pass in progress before giving up on the engine thread.
 STOP_TIMEOUT = 60.0
-
-#: Fewest inputs in a pass cut off a batch for an idle stream: smaller passes cost more per input
-#: than the stream's help saves.
-MIN_SHARED_PASS = 4
-
-
-def plan_passes(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group input indices into forward passes of at most ``max_tokens`` padded tokens.
-
-    Inputs are sorted by length so each pass pads little; a pass is padded to its longest input, so
-    ``longest * count <= max_tokens``. An input longer than the budget gets a pass of its own.
-    """
-    passes: list[list[int]] = []
-    current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        # Ascending order: the input being added is the longest of the pass so far.
-        if current and lengths[index] * (len(current) + 1) > max_tokens:
-            passes.append(current)
-            current = []
-        current.append(index)
-    if current:
-        passes.append(current)
-    return passes
-
-
-def spread_passes(passes: list[list[int]], ways: int, min_rows: int = MIN_SHARED_PASS) -> list[list[int]]:
-    """``passes`` cut until there are ``ways`` of them, halving the largest, none under ``min_rows``
-    inputs: work for ``ways`` streams at once. A pass keeps its inputs' order (sorted by length)."""
-    passes = [list(p) for p in passes]
-    while len(passes) < ways:
-        largest = max(range(len(passes)), key=lambda k: len(passes[k]))
-        rows = passes[largest]
-        if len(rows) < 2 * min_rows:
-            break
-        half = len(rows) // 2
-        passes[largest : largest + 1] = [rows[:half], rows[half:]]
-    return passes
 
 
 def usage_of(tokens: Sequence[int]) -> Usage:
