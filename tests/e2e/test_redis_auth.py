@@ -54,15 +54,16 @@ def _start_dashboard(env: dict[str, str], bind: str, log: Path) -> tuple[subproc
 
 def test_worker_and_api_serve_through_an_acl_user_over_tls(secure_stack, secure_redis):
     sdk = openai.OpenAI(base_url=secure_stack + "/v1", api_key="unused", max_retries=0, timeout=60)
-    reply = sdk.chat.completions.create(
-        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    # ignore_eos: the random-weight model may end a reply early, and this test wants a fixed length.
+    request = dict(
+        model="tiny-chat",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        extra_body={"ignore_eos": True},
     )
+    reply = sdk.chat.completions.create(**request)
     assert reply.choices[0].finish_reason == "length"
-    chunks = list(
-        sdk.chat.completions.create(
-            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
-        )
-    )
+    chunks = list(sdk.chat.completions.create(**request, stream=True))
     assert chunks[-1].choices[0].finish_reason == "length"
     # The job is in this Redis, the one only the ACL user over TLS can reach.
     client = secure_redis.client()
