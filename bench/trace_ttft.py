@@ -113,13 +113,13 @@ def run_traced_worker(model: str) -> int:
     The job's own steps are marked by :class:`TraceHooks`, the worker's job hooks; rq's internals
     and the engines' inner steps have no seam, and are wrapped.
     """
-    from rq.queue import Queue
     from rq.worker.base import BaseWorker
 
     from workers import main as worker_main
     from workers import publisher
     from workers.engines import generation, pooling
     from workers.runtime import JobHooks
+    from workers.slot import SlotWorker
 
     class TraceHooks(JobHooks):
         def job_started(self, job) -> None:
@@ -132,16 +132,16 @@ def run_traced_worker(model: str) -> int:
             if error is None:
                 _mark("worker published the result")
 
-    dequeue = Queue.dequeue_any.__func__
+    take = SlotWorker._take
 
-    def traced_dequeue(cls, *args, **kwargs):
-        result = dequeue(cls, *args, **kwargs)
-        if result is not None:
-            _mark("worker dequeued (BLMOVE)")
-        return result
+    def traced_take(self):
+        taken = take(self)
+        if taken is not None:
+            _mark("worker took the job (one script)")
+        return taken
 
-    Queue.dequeue_any = classmethod(traced_dequeue)
-    _trace(BaseWorker, "prepare_execution", "worker rq prepare_execution")
+    SlotWorker._take = traced_take
+    _trace(SlotWorker, "prepare_execution", "worker registered the execution (one MULTI)")
     _trace(BaseWorker, "prepare_job_execution", "worker rq prepare_job_execution")
     _trace(generation.GenerationEngine, "_admit", "engine prefill + first sample", entry=True)
     _trace(publisher.RedisEventSink, "publish", "engine published the first token")
@@ -278,7 +278,7 @@ def main() -> int:
             {
                 "type": "meta",
                 "command": " ".join(sys.argv),
-                "date": time.strftime("%FT%TZ"),
+                "date": time.strftime("%FT%TZ", time.gmtime()),
                 "requests": args.requests,
                 "model": model,
                 "slots": args.slots,
